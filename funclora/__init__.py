@@ -1,0 +1,23 @@
+"""funclora: functional, JAX-style LoRA for PyTorch, built on torch.func.
+
+    base = fl.freeze(model)                      # immutable pytree of the frozen model
+    lora = fl.init_lora(model, cfg, seed=0)      # {"layer": {"A": ..., "B": ...}}: the trainable part
+    f = fl.functional(model, cfg)                # pure: f(base, lora, x) -> output
+    grads = torch.func.grad(loss)(lora, ...)     # gradients with respect to A and B only
+"""
+from .config import ALL, LoraConfig, find_targets
+from .functional import STRATEGIES, functional
+from .io import load, read_metadata, save
+from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
+from .optim import Optimizer, adam, adamw, sgd
+from .params import FrozenParams, count, freeze, summary
+
+__all__ = [
+    "ALL", "LoraConfig", "find_targets",
+    "STRATEGIES", "functional",
+    "load", "read_metadata", "save",
+    "Lora", "check_lora", "delta_weight", "init_lora", "merge", "unmerge",
+    "Optimizer", "adam", "adamw", "sgd",
+    "FrozenParams", "count", "freeze", "summary",
+]
+__version__ = "0.1.0"
