@@ -94,7 +94,7 @@ class LoraConfig:
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.update(rank_pattern=dict(self.rank_pattern), alpha_pattern=dict(self.alpha_pattern))
-        return json.dumps(fields, sort_keys=True)
+        return json.dumps(fields)  # not sort_keys: the order of patterns is their precedence
 
     @classmethod
     def from_json(cls, text: str) -> "LoraConfig":
