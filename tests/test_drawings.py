@@ -1,0 +1,62 @@
+"""The showcase pictures are reproducible from the committed drawing scripts."""
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+
+# script -> {data subfolder: expected number of PNGs}
+SCRIPTS = {
+    "make_goldfish": {"goldfish": 5, "heldout": 2},
+    "make_keep": {"keep": 8},
+}
+
+
+def load(name: str):
+    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module", params=sorted(SCRIPTS))
+def drawn(request, tmp_path_factory):
+    """Run one script into a fresh folder; yields (folders and counts, output dir)."""
+    out = tmp_path_factory.mktemp(request.param)
+    assert load(request.param).main(["--out", str(out)]) == 0
+    return SCRIPTS[request.param], out
+
+
+def test_reproduces_committed_files_byte_for_byte(drawn):
+    counts, out = drawn
+    for folder in counts:
+        fresh = {p.name: sha256(p) for p in (out / folder).glob("*.png")}
+        committed = {p.name: sha256(p) for p in (DATA / folder).glob("*.png")}
+        assert fresh == committed, f"data/{folder} is stale: rerun the drawing script"
+
+
+def test_counts_and_image_format(drawn):
+    counts, out = drawn
+    for folder, n in counts.items():
+        paths = sorted((out / folder).glob("*.png"))
+        assert len(paths) == n
+        for p in paths:
+            with Image.open(p) as im:
+                assert im.mode == "RGB"
+                assert min(im.size) >= 224
+                assert not im.info.get("tIME") and not im.text  # nothing that varies between runs
+
+
+def test_heldout_names():
+    names = {p.name for p in (DATA / "heldout").glob("*.png")}
+    assert names == {"goldfish_heldout.png", "not_goldfish_heldout.png"}
