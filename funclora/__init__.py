@@ -11,6 +11,7 @@ from .io import load, read_metadata, save
 from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
 from .optim import Optimizer, adam, adamw, sgd
 from .params import FrozenParams, count, freeze, summary
+from .peft import from_peft, to_peft
 
 __all__ = [
     "ALL", "LoraConfig", "find_targets",
@@ -19,5 +20,6 @@ __all__ = [
     "Lora", "check_lora", "delta_weight", "init_lora", "merge", "unmerge",
     "Optimizer", "adam", "adamw", "sgd",
     "FrozenParams", "count", "freeze", "summary",
+    "from_peft", "to_peft",
 ]
 __version__ = "0.1.0"

@@ -85,11 +85,14 @@ class LoraConfig:
         r = _lookup(self.rank_pattern, name)
         return self.rank if r is None else r
 
+    def alpha_for(self, name: str) -> float:
+        a = _lookup(self.alpha_pattern, name)
+        return self.alpha if a is None else a
+
     def scale_for(self, name: str) -> float:
         """alpha / rank for layer `name` (alpha / sqrt(rank) with use_rslora)."""
-        a = _lookup(self.alpha_pattern, name)
-        a, r = (self.alpha if a is None else a), self.rank_for(name)
-        return a / (math.sqrt(r) if self.use_rslora else r)
+        r = self.rank_for(name)
+        return self.alpha_for(name) / (math.sqrt(r) if self.use_rslora else r)
 
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
