@@ -125,6 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seeds the backbone with --weights none (default: the adapter's, else 0)")
     _add_output_args(predict, quiet=False)
     predict.set_defaults(run=_predict)
+
+    export = commands.add_parser(
+        "export", help="write an adapter as a Hugging Face PEFT adapter directory",
+        description="Write ADAPTER as adapter_model.safetensors + adapter_config.json, which "
+                    "peft.PeftModel.from_pretrained(model, DIR) loads. Layers PEFT cannot represent "
+                    "(grouped or dilated convs, non-zero padding modes) are refused by name.")
+    export.add_argument("adapter", metavar="ADAPTER", type=Path, help="adapter file written by `funclora train`")
+    export.add_argument("--peft", metavar="DIR", type=Path, required=True, help="output directory")
+    export.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+                        help="the adapter's backbone (default: from the adapter's metadata)")
+    export.set_defaults(run=_export)
+
+    import_ = commands.add_parser(
+        "import", help="read a Hugging Face PEFT LoRA adapter directory into a funclora adapter file",
+        description="Read a PEFT LoRA adapter (Linear and Conv2d targets, rank/alpha patterns, "
+                    "rsLoRA) and save it as a funclora .safetensors adapter. DoRA, other PEFT "
+                    "methods and other layer types are refused with the reason.")
+    import_.add_argument("directory", metavar="DIR", type=Path, help="PEFT adapter directory")
+    import_.add_argument("--out", metavar="ADAPTER", type=Path, required=True, help="funclora adapter file to write")
+    import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+                         help="check the adapter fits this backbone and record it for `predict`")
+    import_.set_defaults(run=_import)
     return parser
 
 
@@ -308,6 +330,33 @@ def _predict(args: argparse.Namespace) -> int:
         print(image["path"])
         print(_columns([(f"{t['index']:>4}", t["label"], f"{t['p']:.3f}") for t in image["top"]],
                        right={0, 2}, indent="  "))
+    return 0
+
+
+# ------------------------------------------------------------------------------ export/import ---
+
+def _export(args: argparse.Namespace) -> int:
+    from .peft import export_file
+
+    name = args.backbone or read_metadata(args.adapter).get("backbone")
+    if name is None:
+        raise ValueError(f"{args.adapter}: no backbone in the adapter's metadata; pass --backbone")
+    if read_metadata(args.adapter).get("mode") == "seed":
+        raise ValueError(f"{args.adapter}: a --mode seed adapter acts on the input image, not on a "
+                         f"layer; PEFT has no equivalent")
+    # Only the module structure matters here (which layers exist, their conv settings).
+    export_file(args.adapter, args.peft, model=_load_backbone(name, "none", 0).model)
+    print(f"PEFT adapter written to {args.peft}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .peft import import_dir
+
+    model = _load_backbone(args.backbone, "none", 0).model if args.backbone else None
+    import_dir(args.directory, args.out, model=model,
+               metadata={"backbone": args.backbone, "mode": "layers"} if args.backbone else None)
+    print(f"funclora adapter written to {args.out}")
     return 0
 
 
