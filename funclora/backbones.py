@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from http.client import HTTPException
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import torch
 from PIL import Image
@@ -129,7 +131,12 @@ def _download_vgg19() -> dict[str, torch.Tensor]:
     from torchvision.models import VGG19_Weights
 
     weights = VGG19_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     try:
+        if not cached.exists():
+            # Ask the host first: offline, torch.hub would print "Downloading: ..." before failing,
+            # and the error should be the one line below.
+            urlopen(Request(weights.url, method="HEAD"), timeout=15).close()
         return weights.get_state_dict(progress=True, check_hash=True)
     # URLError, ConnectionError and timeouts are OSErrors; RuntimeError is a
     # hash mismatch or a cut-off download.

