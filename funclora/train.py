@@ -16,7 +16,16 @@ True
 
 `f` can be any pure `f(base, lora, x)`: for example the trainable suffix of a model whose frozen
 prefix was run once, with `x` its precomputed features. `extra(lora, base)` adds a term to the
-loss (a regulariser, or a penalty for drifting on a keep set), closed over whatever data it needs.
+loss (a regulariser, or a penalty for drifting on a keep set, `funclora.keep.keep_term`), closed
+over whatever data it needs. `x` may also be a function of the step number that returns that
+step's batch (fresh augmentations, `funclora.augment`). With `terms=True`, `fit` returns each
+term of the loss per step, not only their sum:
+
+>>> keep = lambda lora, base: 0.1 * lora["0"]["B"].square().sum()
+>>> _, history = fit(f, base, fl.init_lora(model, cfg), x, y, opt=fl.adam(0.1), steps=3, extra=keep,
+...                  progress=False, terms=True)
+>>> sorted(history), len(history["loss"]), history["extra"][0]
+(['extra', 'loss', 'train'], 3, 0.0)
 """
 from __future__ import annotations
 
@@ -39,6 +48,8 @@ Base = Any
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Extra = Callable[[Lora, Base], torch.Tensor]
 Step = Callable[[Lora, Any, Base, torch.Tensor, torch.Tensor], "tuple[Lora, Any, torch.Tensor]"]
+Batches = Callable[[int], torch.Tensor]
+"""step (0, 1, ...) -> that step's input batch, for inputs that change every step."""
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -50,37 +61,51 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def make_loss(f: Apply, loss_fn: LossFn = cross_entropy, extra: Extra | None = None
-              ) -> Callable[[Lora, Base, torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_loss(f: Apply, loss_fn: LossFn = cross_entropy, extra: Extra | None = None, *,
+              terms: bool = False) -> Callable[[Lora, Base, torch.Tensor, torch.Tensor], Any]:
     """loss(lora, base, x, y) = loss_fn(f(base, lora, x), y) [+ extra(lora, base)]; lora comes first
-    so that `torch.func.grad` differentiates with respect to it alone."""
-    def loss(lora: Lora, base: Base, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    so that `torch.func.grad` differentiates with respect to it alone.
+
+    With `terms=True`, loss returns (total, {"train": first term, "extra": second term}) with the
+    terms detached: the form `grad_and_value(..., has_aux=True)` expects."""
+    def loss(lora: Lora, base: Base, x: torch.Tensor, y: torch.Tensor):
         value = loss_fn(f(base, lora, x), y)
-        return value if extra is None else value + extra(lora, base)
+        penalty = None if extra is None else extra(lora, base)
+        total = value if penalty is None else value + penalty
+        if not terms:
+            return total
+        return total, {"train": value.detach(),
+                       "extra": torch.zeros(()) if penalty is None else penalty.detach()}
 
     return loss
 
 
-def make_step(f: Apply, opt: Optimizer, loss_fn: LossFn = cross_entropy, extra: Extra | None = None) -> Step:
+def make_step(f: Apply, opt: Optimizer, loss_fn: LossFn = cross_entropy, extra: Extra | None = None, *,
+              terms: bool = False) -> Step:
     """A pure step(lora, state, base, x, y) -> (lora, state, loss): one gradient step on the adapters.
 
     Nothing is modified in place: the returned lora and state are new tensors, the base is only read.
+    With `terms=True` the step returns (lora, state, loss, terms), terms as in `make_loss`.
     """
-    value_and_grads = grad_and_value(make_loss(f, loss_fn, extra))
+    value_and_grads = grad_and_value(make_loss(f, loss_fn, extra, terms=True), has_aux=True)
 
     def step(lora: Lora, state: Any, base: Base, x: torch.Tensor, y: torch.Tensor):
-        grads, loss = value_and_grads(lora, base, x, y)
+        grads, (loss, parts) = value_and_grads(lora, base, x, y)
         lora, state = opt.update(grads, state, lora)
-        return lora, state, loss.detach()
+        return (lora, state, loss.detach(), parts) if terms else (lora, state, loss.detach())
 
     return step
 
 
-def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor, y: torch.Tensor, *, opt: Optimizer,
+def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor | Batches, y: torch.Tensor, *, opt: Optimizer,
         steps: int, loss_fn: LossFn = cross_entropy, extra: Extra | None = None,
-        progress: bool = True) -> tuple[Lora, list[float]]:
+        progress: bool = True, terms: bool = False) -> tuple[Lora, Any]:
     """Run `steps` full-batch steps from `lora`; return the trained lora and the
     loss of each step (computed before its update).
+
+    `x` is the batch, or a function `x(step)` that returns step's batch (step = 0, 1, ...).
+    With `terms=True` the second result is {"loss": [...], "train": [...], "extra": [...]}, each
+    a list with one value per step: the total and its two terms (see `make_loss`).
 
     Deterministic for a given starting lora (same inputs, same thread count: bitwise the same
     result). `progress` shows a tqdm bar on stderr with the loss and the time left.
@@ -88,17 +113,20 @@ def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor, y: torch.Tensor, *, o
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    step = make_step(f, opt, loss_fn, extra)
+    step = make_step(f, opt, loss_fn, extra, terms=True)
+    batch = x if callable(x) else (lambda _: x)
     state = opt.init(lora)
-    losses: list[float] = []
+    history: dict[str, list[float]] = {"loss": [], "train": [], "extra": []}
     bar = tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False,
                dynamic_ncols=True)
     for i in bar:
-        lora, state, loss = step(lora, state, base, x, y)
+        lora, state, loss, parts = step(lora, state, base, batch(i), y)
         value = loss.item()
         if not torch.isfinite(loss):
             raise ValueError(f"training diverged at step {i + 1}: loss is {value} (lower the learning rate)")
-        losses.append(value)
+        history["loss"].append(value)
+        for name, part in parts.items():
+            history[name].append(part.item())
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     bar.close()
-    return lora, losses
+    return lora, (history if terms else history["loss"])

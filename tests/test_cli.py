@@ -80,7 +80,9 @@ def test_training_on_the_real_weights_takes_the_goldfish_from_0_of_5_to_5_of_5(t
 
 def test_json_output_is_one_object_with_a_before_and_after_per_image(trained):
     report, adapter, err = trained
-    assert set(report) == {"images", "adapter"} and report["adapter"] == str(adapter)
+    assert set(report) == {"images", "keep", "adapter"} and report["adapter"] == str(adapter)
+    # The repository's keep set is used by default: its 8 drawings keep their answers.
+    assert report["keep"]["images"] == 8 and report["keep"]["as_label"] == 0
     for row in report["images"]:
         assert set(row) == {"path", "before", "after"} and Path(row["path"]).parent == GOLDFISH
         for when in ("before", "after"):
@@ -165,8 +167,9 @@ def test_vgg19_with_random_weights_runs_end_to_end_and_prints_a_table(tmp_path, 
     assert lines[1].split()[:3] == ["image", "before:", "top-1"] and "p(goldfish)" in lines[1]
     assert lines[2].startswith("goldfish_1_flat.png")
     assert lines[3].startswith("goldfish: 0/1 before -> ") and lines[3].endswith("/1 after")
-    assert lines[4].startswith("trainable 339,776 of 143,667,240 (0.24%); 1 steps")
-    assert lines[5] == "adapter saved to runs/vgg19-goldfish.safetensors"
+    assert lines[4].startswith("keep set: ") and lines[4].endswith(f"/8 now 'goldfish' (λ = 10, {REPO / 'data' / 'keep'})")
+    assert lines[5].startswith("trainable 339,776 of 143,667,240 (0.24%); 1 steps")
+    assert lines[6] == "adapter saved to runs/vgg19-goldfish.safetensors"
     assert err == ""  # --quiet: no progress bar
 
 

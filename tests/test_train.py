@@ -137,3 +137,34 @@ def test_steps_must_be_a_whole_number(steps):
     model, cfg, base, f, x, y = _problem()
     with pytest.raises(ValueError, match="steps must be an integer"):
         fit(f, base, fl.init_lora(model, cfg), x, y, opt=fl.sgd(0.1), steps=steps, progress=False)
+
+
+def test_terms_gives_each_part_of_the_loss_per_step():
+    model, cfg, base, f, x, y = _problem()
+    lora = fl.init_lora(model, cfg)
+    penalty = lambda lora, base: sum(t.square().sum() for t in tree_leaves(lora))  # noqa: E731
+    trained, history = fit(f, base, lora, x, y, opt=fl.adam(1e-2), steps=4, extra=penalty, progress=False,
+                           terms=True)
+    _, losses = fit(f, base, lora, x, y, opt=fl.adam(1e-2), steps=4, extra=penalty, progress=False)
+    assert set(history) == {"loss", "train", "extra"} and history["loss"] == losses
+    assert all(len(v) == 4 for v in history.values())
+    assert history["train"][0] == make_loss(f)(lora, base, x, y).item()
+    assert history["extra"][0] == penalty(lora, base).item()
+    assert all(t + e == pytest.approx(total) for t, e, total in zip(history["train"], history["extra"], losses))
+    _, plain = fit(f, base, lora, x, y, opt=fl.adam(1e-2), steps=2, progress=False, terms=True)
+    assert plain["extra"] == [0.0, 0.0]
+
+
+def test_x_may_be_a_function_of_the_step_that_returns_its_batch():
+    model, cfg, base, f, x, y = _problem()
+    asked = []
+
+    def batches(step):
+        asked.append(step)
+        return x + 0.01 * step
+
+    lora, losses = fit(f, base, fl.init_lora(model, cfg), batches, y, opt=fl.adam(1e-2), steps=3, progress=False)
+    assert asked == [0, 1, 2] and len(losses) == 3
+    same, _ = fit(f, base, fl.init_lora(model, cfg), lambda step: x, y, opt=fl.adam(1e-2), steps=3, progress=False)
+    fixed, _ = fit(f, base, fl.init_lora(model, cfg), x, y, opt=fl.adam(1e-2), steps=3, progress=False)
+    assert _bitwise_equal(same, fixed)
