@@ -6,7 +6,7 @@
     grads = torch.func.grad(loss)(lora, ...)     # gradients with respect to A and B only
 """
 from .config import ALL, LoraConfig, find_targets
-from .functional import STRATEGIES, functional
+from .functional import STRATEGIES, functional, plan
 from .io import load, read_metadata, save
 from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
 from .optim import Optimizer, adam, adamw, sgd
@@ -15,7 +15,7 @@ from .peft import from_peft, to_peft
 
 __all__ = [
     "ALL", "LoraConfig", "find_targets",
-    "STRATEGIES", "functional",
+    "STRATEGIES", "functional", "plan",
     "load", "read_metadata", "save",
     "Lora", "check_lora", "delta_weight", "init_lora", "merge", "unmerge",
     "Optimizer", "adam", "adamw", "sgd",

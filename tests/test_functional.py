@@ -5,20 +5,21 @@ dilation, groups, depthwise, and a subclass that pads inside its own forward):
   (a) running with the adapter equals running the explicitly merged weights W + s * B @ A;
   (b) a fresh adapter (B = 0) reproduces the base output exactly;
   (c) torch.func.grad gives gradients shaped like the adapter that match autograd through an
-      explicit merge, and leaves the base bitwise unchanged.
+      explicit merge, and leaves the base bitwise unchanged;
+and (a)-(c) hold for each of the strategies a layer can take (`fl.STRATEGIES`, chosen by `fl.plan`).
 """
 import copy
 import inspect
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value
 
 import funclora as fl
-from layers import layers
+from layers import StaticSamePadConv2d, layers
 
 
 def _adapted(layer, rank, seed, alpha=None):
@@ -77,14 +78,15 @@ def test_grad_matches_autograd_through_an_explicit_merge(case, rank, seed):
     assert all(torch.equal(before[k], base[k]) for k in base)
 
 
-@given(layers(), st.integers(1, 4), st.integers(0, 2**16))
-def test_weight_strategy_computes_the_same_function(case, rank, seed):
+@given(layers(), st.integers(1, 4), st.integers(0, 2**16), st.sampled_from(fl.STRATEGIES))
+def test_every_strategy_computes_the_merged_function(case, rank, seed, strategy):
     layer, x = case
+    assume(strategy != "fused" or isinstance(layer, nn.Conv2d))
     model, cfg, lora = _adapted(layer, rank, seed)
     base = fl.freeze(model)
-    by_activation = fl.functional(model, cfg, strategy="activation")(base, lora, x)
-    by_weight = fl.functional(model, cfg, strategy="weight")(base, lora, x)
-    torch.testing.assert_close(by_activation, by_weight, rtol=1e-4, atol=1e-4)
+    merged = fl.functional(model, cfg)(fl.merge(base, lora, cfg), None, x)
+    by_strategy = fl.functional(model, cfg, strategy=strategy)(base, lora, x)
+    torch.testing.assert_close(by_strategy, merged, rtol=1e-4, atol=1e-4)
 
 
 def _vgg_like():
@@ -164,3 +166,73 @@ def test_dropout_applies_on_the_lora_path_only_in_train_mode():
     assert torch.equal(eval_f(base, lora, x), eval_f(base, lora, x))
     with pytest.raises(ValueError, match="dropout"):
         fl.functional(model, cfg, strategy="weight")
+
+
+# The three properties, for every strategy that applies to the drawn layer ("fused": Conv2d only).
+@given(layers(), st.integers(1, 4), st.integers(0, 2**16), st.sampled_from(fl.STRATEGIES))
+def test_every_strategy_is_exact_at_zero_and_matches_autograd_through_a_merge(case, rank, seed, strategy):
+    layer, x = case
+    assume(strategy != "fused" or isinstance(layer, nn.Conv2d))
+    model, cfg, lora = _adapted(layer, rank, seed)
+    base, f = fl.freeze(model), fl.functional(model, cfg, strategy=strategy)
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.equal(f(base, fl.init_lora(model, cfg, seed=seed), x), expected)  # B = 0: bit for bit
+    xg = x.clone()
+    grads, loss = grad_and_value(lambda l, xx: f(base, l, xx).square().mean(), argnums=(0, 1))(lora, xg)
+    a, b = (lora["0"][k].clone().requires_grad_() for k in "AB")
+    xr = x.clone().requires_grad_()
+    weight = base["0.weight"] + cfg.scale_for("0") * (b.flatten(1) @ a.flatten(1)).reshape(base["0.weight"].shape)
+    reference = functional_call(model, {**base, "0.weight": weight}, (xr,)).square().mean()
+    ga, gb, gx = torch.autograd.grad(reference, (a, b, xr))
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0]["0"]["A"], ga, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(grads[0]["0"]["B"], gb, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(grads[1], gx, rtol=1e-3, atol=1e-5)  # the input's gradient too
+
+
+def test_plan_takes_the_low_rank_path_where_it_costs_less_than_a_full_weight_gradient():
+    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Conv2d(64, 64, 3, groups=64), StaticSamePadConv2d(64, 64, 3),
+                          nn.Conv2d(3, 64, 3), nn.Flatten(), nn.Linear(8, 8))
+    cfg = fl.LoraConfig(rank=8)
+    assert fl.plan(model, cfg) == {"0": "fused", "1": "weight", "2": "fused", "3": "weight", "5": "activation"}
+    assert set(fl.plan(model, fl.LoraConfig(rank=8, dropout=0.1)).values()) == {"activation"}
+    assert fl.plan(model, cfg, {"0": "weight"})["0"] == "weight"
+    with pytest.raises(ValueError, match="layer '5'.*Conv2d"):
+        fl.plan(model, cfg, {"5": "fused"})
+    with pytest.raises(ValueError, match="layer '0'.*unknown strategy 'fast'"):
+        fl.plan(model, cfg, "fast")
+
+
+def test_per_example_gradients_under_vmap():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), StaticSamePadConv2d(16, 16, 3, groups=2),
+                          nn.Flatten(), nn.Linear(16 * 25, 3)).eval()
+    cfg = fl.LoraConfig(rank=2)
+    base = fl.freeze(model)
+    lora = {n: {"A": ab["A"], "B": 0.1 * torch.randn(ab["B"].shape)} for n, ab in fl.init_lora(model, cfg).items()}
+    x, y = torch.randn(3, 3, 5, 5), torch.tensor([0, 1, 2])
+    f = fl.functional(model, cfg, strategy={"0": "fused", "2": "fused"})
+    loss = lambda l, xi, yi: nn.functional.cross_entropy(f(base, l, xi[None]), yi[None])  # noqa: E731
+    per = torch.func.vmap(grad(loss), in_dims=(None, 0, 0))(lora, x, y)
+    for i in range(3):
+        one = grad(loss)(lora, x[i], y[i])
+        for n in lora:
+            torch.testing.assert_close(per[n]["A"][i], one[n]["A"], rtol=1e-4, atol=1e-6)
+
+
+def test_torch_compile_gives_the_eager_gradients():
+    # An adapted layer before a fused one, so that the fused layer's input needs a gradient too
+    # (torch.compile once reported its A and B as not needing one).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.Flatten(), nn.Linear(8 * 16, 3)).eval()
+    cfg = fl.LoraConfig(rank=2)
+    base, f = fl.freeze(model), fl.functional(model, cfg, strategy={"0": "fused", "2": "fused"})
+    lora = {n: {"A": ab["A"], "B": 0.1 * torch.randn(ab["B"].shape)} for n, ab in fl.init_lora(model, cfg).items()}
+    x, y = torch.randn(2, 3, 4, 4), torch.tensor([0, 1])
+    g = grad(lambda l: nn.functional.cross_entropy(f(base, l, x), y))
+    eager, compiled = g(lora), torch.compile(g, backend="aot_eager")(lora)
+    for n in lora:
+        for k in "AB":
+            torch.testing.assert_close(compiled[n][k], eager[n][k], rtol=1e-5, atol=1e-6)
