@@ -5,6 +5,7 @@
     f = fl.functional(model, cfg)                # pure: f(base, lora, x) -> output
     grads = torch.func.grad(loss)(lora, ...)     # gradients with respect to A and B only
 """
+from .cache import NoCacheWarning, split
 from .config import ALL, LoraConfig, find_targets
 from .functional import STRATEGIES, functional, plan
 from .io import load, read_metadata, save
@@ -15,6 +16,7 @@ from .peft import from_peft, to_peft
 
 __all__ = [
     "ALL", "LoraConfig", "find_targets",
+    "NoCacheWarning", "split",
     "STRATEGIES", "functional", "plan",
     "load", "read_metadata", "save",
     "Lora", "check_lora", "delta_weight", "init_lora", "merge", "unmerge",
