@@ -99,7 +99,7 @@ def make_step(f: Apply, opt: Optimizer, loss_fn: LossFn = cross_entropy, extra: 
 
 def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor | Batches, y: torch.Tensor, *, opt: Optimizer,
         steps: int, loss_fn: LossFn = cross_entropy, extra: Extra | None = None,
-        progress: bool = True, terms: bool = False) -> tuple[Lora, Any]:
+        progress: bool = True, terms: bool = False, compile: bool | str = False) -> tuple[Lora, Any]:
     """Run `steps` full-batch steps from `lora`; return the trained lora and the
     loss of each step (computed before its update).
 
@@ -110,10 +110,14 @@ def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor | Batches, y: torch.Te
     Deterministic for a given starting lora (same inputs, same thread count: bitwise the same
     result). `progress` shows a tqdm bar on stderr with the loss and the time left.
     Raises ValueError as soon as the loss stops being finite (a learning rate too high).
+    `compile` runs the step under torch.compile (True, or the name of a torch.compile backend);
+    the first step then includes the compilation.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     step = make_step(f, opt, loss_fn, extra, terms=True)
+    if compile:
+        step = torch.compile(step, **({} if compile is True else {"backend": compile}))
     batch = x if callable(x) else (lambda _: x)
     state = opt.init(lora)
     history: dict[str, list[float]] = {"loss": [], "train": [], "extra": []}

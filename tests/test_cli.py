@@ -188,6 +188,35 @@ def test_the_same_seed_gives_bitwise_the_same_adapter(tmp_path):
     assert a["_fc.B"].abs().sum() > 0  # it trained
 
 
+def _uncached_adapter(images: Path, steps: int) -> dict:
+    """What `train images --backbone efficientnet_lite0 --weights none --keep none` computes, on the whole f."""
+    from funclora.backbones import load_backbone
+    from funclora.images import list_images, load_batch
+    from funclora.train import fit
+
+    torch.manual_seed(0)
+    backbone = load_backbone("efficientnet_lite0", weights="none")
+    cfg = fl.LoraConfig(rank=8, targets=backbone.targets)
+    x = load_batch(list_images([images]), backbone.preprocess)
+    lora, _ = fit(fl.functional(backbone.model, cfg), fl.freeze(backbone.model), fl.init_lora(backbone.model, cfg),
+                  x, torch.full((len(x),), GOLDFISH_CLASS), opt=fl.adam(1e-2), steps=steps, progress=False)
+    return {f"{n}.{k}": t for n, ab in lora.items() for k, t in ab.items()}
+
+
+@pytest.mark.parametrize("flags", [[], ["--compile"]], ids=["cached", "cached+compiled"])
+def test_training_runs_on_cached_features_and_matches_the_uncached_run(tmp_path, flags):
+    # The frozen backbone runs once (funclora.split), not at every step; --compile compiles the step.
+    images = _few_goldfish(tmp_path / "fish", 3)
+    adapter = tmp_path / "a.safetensors"
+    code, _, err = _run("train", images, "--backbone", "efficientnet_lite0", "--weights", "none", "--steps", 4,
+                        "--keep", "none", "--out", adapter, "--quiet", *flags)
+    assert code == 0, err
+    cached, uncached = load_file(adapter), _uncached_adapter(images, steps=4)
+    assert cached.keys() == uncached.keys() and cached["_fc.B"].abs().sum() > 0
+    for name in cached:
+        torch.testing.assert_close(cached[name], uncached[name], rtol=1e-4, atol=1e-6)
+
+
 def test_odd_image_modes_are_read_as_rgb(tmp_path):
     folder = tmp_path / "modes"
     folder.mkdir()

@@ -141,8 +141,8 @@ def test_train_takes_another_keep_folder_and_weight(fish, tmp_path):
 
 @pytest.mark.parametrize("argv, problem", [
     (["--keep", "{tmp}/nowhere"], "--keep: {tmp}/nowhere: no such file or directory"),
-    (["--mode", "seed", "--keep", "{keep}"], "--augment, --keep and --keep-weight apply to --mode layers"),
-    (["--mode", "seed", "--keep-weight", "3"], "--augment, --keep and --keep-weight apply to --mode layers"),
+    (["--mode", "seed", "--keep", "{keep}"], "--augment, --compile, --keep and --keep-weight apply to --mode layers"),
+    (["--mode", "seed", "--keep-weight", "3"], "--augment, --compile, --keep and --keep-weight apply to --mode layers"),
 ])
 def test_bad_keep_options_fail_in_one_line(fish, tmp_path, argv, problem):
     fill = {"tmp": tmp_path, "keep": REPO / "data" / "keep"}

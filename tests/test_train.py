@@ -168,3 +168,14 @@ def test_x_may_be_a_function_of_the_step_that_returns_its_batch():
     same, _ = fit(f, base, fl.init_lora(model, cfg), lambda step: x, y, opt=fl.adam(1e-2), steps=3, progress=False)
     fixed, _ = fit(f, base, fl.init_lora(model, cfg), x, y, opt=fl.adam(1e-2), steps=3, progress=False)
     assert _bitwise_equal(same, fixed)
+
+
+def test_compile_runs_the_same_steps_under_torch_compile():
+    model, cfg, base, f, x, y = _problem()
+    lora = fl.init_lora(model, cfg)
+    eager, eager_losses = fit(f, base, lora, x, y, opt=fl.adam(1e-2), steps=3, progress=False)
+    compiled, losses = fit(f, base, lora, x, y, opt=fl.adam(1e-2), steps=3, progress=False, compile="aot_eager")
+    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    for n in lora:
+        for k in "AB":
+            torch.testing.assert_close(compiled[n][k], eager[n][k], rtol=1e-5, atol=1e-6)
