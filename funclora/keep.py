@@ -47,7 +47,7 @@ def kl_to_base(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 def keep_term(f: Callable[[Any, Lora | None, torch.Tensor], torch.Tensor], base: Any,
-              x_keep: torch.Tensor, weight: float = DEFAULT_WEIGHT, *,
+              x_keep: torch.Tensor | tuple, weight: float = DEFAULT_WEIGHT, *,
               target: torch.Tensor | None = None) -> Callable[[Lora, Any], torch.Tensor]:
     """extra(lora, base) = weight * KL(f(base, None, x_keep) ‖ f(base, lora, x_keep)), ready for
     `funclora.train.fit(..., extra=...)`.
@@ -55,7 +55,7 @@ def keep_term(f: Callable[[Any, Lora | None, torch.Tensor], torch.Tensor], base:
     The base's logits are computed here, once, under no_grad (or passed in as `target` by a
     caller that has them already); each call then runs only the adapted model on the keep images.
     `f`, `base` and `x_keep` are whatever `fit` trains with: the full model on images, or a
-    trainable suffix on cached features.
+    trainable suffix on cached features (`funclora.split`: x_keep is then prefix's tuple).
     """
     if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
         raise ValueError(f"keep weight must be a finite number >= 0, got {weight!r}")
