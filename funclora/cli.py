@@ -286,9 +286,10 @@ def _train(args: argparse.Namespace) -> int:
         # The frozen layers (and the head's W x + b) give the same features every step: run them
         # once (funclora.split). --augment's images change every step, so they take the whole f.
         prefix, suffix = split(model, cfg)
-        run, batches = (f, x) if args.augment else (suffix, prefix(base, x))
+        feats = prefix(base, x)
         with torch.no_grad():
-            before = f(base, None, x)
+            before = suffix(base, None, feats)
+        run, batches = suffix, feats
         extra = None
         if keep_paths:
             keep = {"x": load_batch(keep_paths, backbone.preprocess)}
@@ -300,7 +301,7 @@ def _train(args: argparse.Namespace) -> int:
             from .augment import augmented_batches
             from .images import load_image
 
-            batches = augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=args.seed)
+            run, batches = f, augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=args.seed)
         lora, history = fit(run, base, init_lora(model, cfg, seed=args.seed), batches, y,
                             opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
                             progress=progress, terms=True, compile=args.compile)

@@ -59,7 +59,8 @@ def keep_term(f: Callable[[Any, Lora | None, torch.Tensor], torch.Tensor], base:
     """
     if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
         raise ValueError(f"keep weight must be a finite number >= 0, got {weight!r}")
-    if isinstance(x_keep, torch.Tensor) and x_keep.shape[0] == 0:  # cached features are a tuple
+    first = x_keep[0] if isinstance(x_keep, tuple) else x_keep  # cached features: a tuple of batches
+    if isinstance(first, torch.Tensor) and first.shape[0] == 0:
         raise ValueError("keep set is empty (expected at least one image)")
     if target is None:
         with torch.no_grad():
