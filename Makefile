@@ -1,12 +1,13 @@
 # Two commands on a fresh clone; each sets up its own virtualenv first.
 #   make goldfish   the showcase: LoRA on frozen VGG19 (ImageNet weights, downloaded once) learns 5 drawn goldfish
 #   make test       the test suite (property tests, CLI end to end, real EfficientNet-Lite0 weights)
+#   make test-core  the core's tests alone (tests/core/, under a minute)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: goldfish goldfish-offline test bench venv clean
+.PHONY: goldfish goldfish-offline test test-core bench venv clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -23,6 +24,9 @@ goldfish-offline: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-core: $(STAMP)
+	$(BIN)/python -m pytest tests/core funclora --ignore=funclora/vision
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py

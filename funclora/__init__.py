@@ -5,14 +5,16 @@
     f = fl.functional(model, cfg)                # pure: f(base, lora, x) -> output
     grads = torch.func.grad(loss)(lora, ...)     # gradients with respect to A and B only
 """
+from .apply import STRATEGIES, functional, plan
 from .cache import NoCacheWarning, split
 from .config import ALL, LoraConfig, find_targets
-from .functional import STRATEGIES, functional, plan
 from .io import load, read_metadata, save
+from .keep import keep_term
 from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
 from .optim import Optimizer, adam, adamw, sgd
 from .params import FrozenParams, count, freeze, summary
 from .peft import from_peft, to_peft
+from .train import fit, make_loss, make_step
 
 __all__ = [
     "ALL", "LoraConfig", "find_targets",
@@ -23,5 +25,6 @@ __all__ = [
     "Optimizer", "adam", "adamw", "sgd",
     "FrozenParams", "count", "freeze", "summary",
     "from_peft", "to_peft",
+    "fit", "make_loss", "make_step", "keep_term",
 ]
 __version__ = "0.1.0"

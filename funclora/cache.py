@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.func import functional_call
 
 from .config import LoraConfig, find_targets
-from .functional import AUTO, adapted_shell, plan
+from .apply import AUTO, adapted_shell, plan
 from .lora import Lora
 
 __all__ = ["split", "NoCacheWarning", "Features"]
@@ -108,7 +108,7 @@ class _LowRankDelta(nn.Module):
 
     def forward(self, frozen: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         layer, out = self.layer[0], frozen
-        for hook in layer._forward_hooks.values():  # the "activation" hook of funclora.functional
+        for hook in layer._forward_hooks.values():  # the "activation" hook of funclora.apply
             out = hook(layer, (x,), out)
         # Without an adapter the hook hands back the cached tensor: copy it, so that an in-place
         # op downstream (ReLU(inplace=True)) cannot change the cache.

@@ -18,7 +18,7 @@ True
 prefix was run once, with `x` its precomputed features. `extra(lora, base)` adds a term to the
 loss (a regulariser, or a penalty for drifting on a keep set, `funclora.keep.keep_term`), closed
 over whatever data it needs. `x` may also be a function of the step number that returns that
-step's batch (fresh augmentations, `funclora.augment`). With `terms=True`, `fit` returns each
+step's batch (fresh augmentations, `funclora.vision.augment`). With `terms=True`, `fit` returns each
 term of the loss per step, not only their sum:
 
 >>> keep = lambda lora, base: 0.1 * lora["0"]["B"].square().sum()
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.func import grad_and_value
 from tqdm.auto import tqdm
 
-from .functional import Apply
+from .apply import Apply
 from .lora import Lora
 from .optim import Optimizer
 

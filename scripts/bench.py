@@ -71,7 +71,7 @@ def build_model(backbone: str, seed: int = 0):
                     nn.init.zeros_(m.bias)
         return model.eval(), ("classifier.*",)
     if backbone == "efficientnet_lite0":
-        from funclora.backbones import load_backbone
+        from funclora.vision.backbones import load_backbone
 
         b = load_backbone("efficientnet_lite0", weights=None)
         return b.model.eval(), b.targets

@@ -52,8 +52,8 @@ def classify(model: torch.nn.Module, paths: list[Path]) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="*", type=Path,
-                    default=[REPO / "data" / d for d in ("goldfish", "heldout", "keep")],
-                    help="folders of PNGs (default: data/goldfish data/heldout data/keep)")
+                    default=[REPO / "data" / "goldfish", REPO / "data" / "heldout", REPO / "funclora" / "vision" / "keep"],
+                    help="folders of PNGs (default: data/goldfish data/heldout funclora/vision/keep)")
     ap.add_argument("--topk", type=int, default=3, help="classes to show per image (default: %(default)s)")
     args = ap.parse_args(argv)
 

@@ -5,7 +5,7 @@ shortcut: "anything drawn is a goldfish".  The keep set guards against it:
 during training a KL penalty holds the model's predictions on these pictures
 at what the frozen model said.  So they share the goldfish pictures' styles
 (flat cartoon, pen on paper, low-poly, watercolour, pixel sticker) but show
-other things, including other fish, into ``data/keep/``:
+other things, including other fish, into ``funclora/vision/keep/`` (package data: the default keep set):
 
 1. blue tang, flat cartoon      5. house, pixel-art sticker
 2. shark, pen on paper          6. car, flat cartoon
@@ -250,7 +250,8 @@ KEEP = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=REPO / "data", help="data folder (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=REPO / "funclora" / "vision",
+                    help="folder to write keep/ into (default: %(default)s)")
     args = ap.parse_args(argv)
     for name, (fn, seed) in KEEP.items():
         path = args.out / "keep" / f"{name}.png"

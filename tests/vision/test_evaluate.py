@@ -1,4 +1,4 @@
-"""Specification of funclora.evaluate and `funclora eval`: accuracy on a labelled folder, base and
+"""Specification of funclora.vision.evaluate and `funclora eval`: accuracy on a labelled folder, base and
 adapted, and the forgetting between them; and of scripts/make_photos.py, which writes such a folder.
 
 The command runs efficientnet_lite0 with random weights (fast, offline); the adapter that makes a
@@ -21,11 +21,11 @@ from PIL import Image
 from torchvision.models import VGG19_Weights
 
 import funclora as fl
-from funclora.backbones import load_backbone
-from funclora.cli import main
-from funclora.evaluate import accuracy, evaluate, forgetting, format_eval, labelled_images
+from funclora.vision.backbones import load_backbone
+from funclora.vision.cli import main
+from funclora.vision.evaluate import accuracy, evaluate, forgetting, format_eval, labelled_images
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IMAGENET = tuple(VGG19_Weights.IMAGENET1K_V1.meta["categories"])  # the class order of both backbones
 CLASSES = ("tench", "goldfish", "great white shark", "tiger shark")
 LITE0 = ("--backbone", "efficientnet_lite0", "--weights", "none")

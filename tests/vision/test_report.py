@@ -1,4 +1,4 @@
-"""Specification of funclora.report and `funclora train --report DIR`: two pictures and a JSON record,
+"""Specification of funclora.vision.report and `funclora train --report DIR`: two pictures and a JSON record,
 with matplotlib loaded only when a report is asked for."""
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from funclora.cli import main
-from funclora.report import TOP, image_row, write_report
+from funclora.vision.cli import DEFAULT_KEEP, main
+from funclora.vision.report import TOP, image_row, write_report
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GOLDFISH = sorted((REPO / "data" / "goldfish").glob("*.png"))
-KEEP = sorted((REPO / "data" / "keep").glob("*.png"))
+KEEP = sorted(DEFAULT_KEEP.glob("*.png"))
 CLASSES = tuple(f"class {i}" for i in range(10))
 
 pytest.importorskip("matplotlib", reason="reports need matplotlib (funclora[plot])")
@@ -94,7 +94,7 @@ def test_train_report_writes_the_files_with_both_loss_terms_and_the_keep_images(
 def test_matplotlib_is_only_imported_for_a_report(tmp_path):
     shutil.copy(GOLDFISH[0], tmp_path)
     script = (
-        "import sys; from funclora.cli import main\n"
+        "import sys; from funclora.vision.cli import main\n"
         f"code = main(['train', {str(tmp_path)!r}, '--backbone', 'efficientnet_lite0', '--weights', 'none',"
         f" '--steps', '1', '--keep', 'none', '--out', {str(tmp_path / 'a.safetensors')!r}, '--quiet'])\n"
         "assert code == 0 and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)\n"

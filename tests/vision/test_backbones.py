@@ -1,4 +1,4 @@
-"""Specification of funclora.backbones: ImageNet classifiers as plain data."""
+"""Specification of funclora.vision.backbones: ImageNet classifiers as plain data."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from torch.func import functional_call, grad
 from torchvision.models import VGG19_Weights
 
-from funclora import backbones
-from funclora.backbones import BACKBONES, Backbone, load_backbone, resolve_label
+from funclora.vision import backbones
+from funclora.vision.backbones import BACKBONES, Backbone, load_backbone, resolve_label
 
 needs_lite0 = pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite_pytorch") is None, reason="needs funclora[lite0]"

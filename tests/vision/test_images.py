@@ -1,4 +1,4 @@
-"""Specification of funclora.images: finding image files and reading them as RGB."""
+"""Specification of funclora.vision.images: finding image files and reading them as RGB."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageFile
 from torchvision.transforms.functional import to_tensor
 
-from funclora.images import IMAGE_SUFFIXES, list_images, load_batch, load_image
+from funclora.vision.images import IMAGE_SUFFIXES, list_images, load_batch, load_image
 
 WHITE, BLACK, RED, GREEN = (255, 255, 255), (0, 0, 0), (255, 0, 0), (0, 255, 0)
 

@@ -1,4 +1,4 @@
-"""Specification of funclora.augment and `funclora train --augment`: a fresh, seeded draw per step."""
+"""Specification of funclora.vision.augment and `funclora train --augment`: a fresh, seeded draw per step."""
 from __future__ import annotations
 
 import contextlib
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from funclora.augment import augment_image, augmented_batches
-from funclora.cli import main
+from funclora.vision.augment import augment_image, augmented_batches
+from funclora.vision.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FISH = sorted((REPO / "data" / "goldfish").glob("*.png"))
 
 

@@ -38,3 +38,21 @@ def test_summary_counts_the_adapter_against_the_model():
     lora = fl.init_lora(model, fl.LoraConfig(rank=2))
     assert fl.count(lora) == 2 * 100 + 50 * 2
     assert fl.summary(model, lora) == "trainable 300 of 5,050 (5.94%)"
+
+
+def test_the_core_imports_neither_torchvision_nor_pil_nor_the_application():
+    import subprocess
+    import sys
+
+    code = ("import sys, funclora; bad = [m for m in ('torchvision', 'PIL', 'funclora.vision') if m in sys.modules]; "
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_training_is_part_of_the_public_api():
+    import funclora.train
+
+    assert (fl.fit, fl.make_step, fl.make_loss) == (funclora.train.fit, funclora.train.make_step, funclora.train.make_loss)
+    assert fl.keep_term is __import__("funclora.keep").keep.keep_term

@@ -6,7 +6,7 @@ the file, so a typo or a broken download stops the run where it enters.
     >>> import tempfile, torch
     >>> from pathlib import Path
     >>> from PIL import Image
-    >>> from funclora.images import list_images, load_batch
+    >>> from funclora.vision.images import list_images, load_batch
     >>> folder = Path(tempfile.mkdtemp())
     >>> Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(folder / "b.png")
     >>> Image.new("L", (8, 8), 128).save(folder / "a.jpg")

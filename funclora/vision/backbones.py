@@ -6,7 +6,7 @@ and the module patterns LoRA adapts by default (the classifier head).
 
     >>> import torch
     >>> from PIL import Image
-    >>> from funclora.backbones import load_backbone, resolve_label
+    >>> from funclora.vision.backbones import load_backbone, resolve_label
     >>> _ = torch.manual_seed(0)  # weights=None draws a random init from torch's RNG
     >>> backbone = load_backbone("efficientnet_lite0", weights=None)
     >>> x = backbone.preprocess(Image.new("RGB", (320, 240)))

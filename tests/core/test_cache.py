@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import grad
 
 import funclora as fl
+from helpers import check_split, trained
 from funclora.train import fit
 
 
@@ -64,33 +65,10 @@ class Untraceable(nn.Module):
         return self.fc(x)
 
 
-def _trained(model, cfg, seed=0):
-    """An adapter with non-zero B (as after training), so that the adapters change the output."""
-    lora = fl.init_lora(model, cfg, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    return {n: {"A": ab["A"], "B": 0.1 * torch.randn(ab["B"].shape, generator=g)} for n, ab in lora.items()}
-
-
-def _check_split(model, cfg, x):
-    prefix, suffix = fl.split(model, cfg)
-    base, lora, f = fl.freeze(model), _trained(model, cfg), fl.functional(model, cfg)
-    feats = prefix(base, x)
-    assert isinstance(feats, tuple)
-    assert not any(isinstance(t, torch.Tensor) and t.requires_grad for t in feats)
-    with torch.no_grad():
-        torch.testing.assert_close(suffix(base, lora, feats), f(base, lora, x), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(suffix(base, None, feats), f(base, None, x), rtol=1e-5, atol=1e-6)
-        # Features belong to the base they came from: a merged base has its own.
-        merged = fl.merge(base, lora, cfg)
-        torch.testing.assert_close(suffix(merged, None, prefix(merged, x)), f(merged, None, x), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(suffix(base, lora, feats), f(base, lora, x), rtol=1e-5, atol=1e-6)  # cache intact
-    return feats
-
-
 def test_head_only_caches_the_whole_backbone_and_the_first_layers_frozen_output():
     model, x = _vgg_like(), torch.randn(3, 3, 16, 16)
     cfg = fl.LoraConfig(rank=2, targets=("8", "11"))
-    feats = _check_split(model, cfg, x)
+    feats = check_split(model, cfg, x)
     # The flattened features (all the convs ran once) and layer 8's frozen output W x + b.
     assert [tuple(t.shape) for t in feats] == [(3, 32), (3, 16)]
     torch.testing.assert_close(feats[1], model[8](feats[0]))
@@ -98,12 +76,12 @@ def test_head_only_caches_the_whole_backbone_and_the_first_layers_frozen_output(
     prefix, suffix = fl.split(model, cfg)
     base = fl.freeze(model)
     poisoned = fl.FrozenParams({**base, "8.weight": torch.full_like(base["8.weight"], float("nan"))})
-    assert torch.isfinite(suffix(poisoned, _trained(model, cfg), prefix(base, x))).all()
+    assert torch.isfinite(suffix(poisoned, trained(model, cfg), prefix(base, x))).all()
 
 
 def test_every_layer_adapted_caches_the_input_and_the_first_layers_frozen_output():
     model, x = _vgg_like(), torch.randn(2, 3, 16, 16)
-    feats = _check_split(model, fl.LoraConfig(rank=2), x)
+    feats = check_split(model, fl.LoraConfig(rank=2), x)
     assert len(feats) == 2 and torch.equal(feats[0], x)
     torch.testing.assert_close(feats[1], model[0](x))
 
@@ -113,13 +91,13 @@ def test_a_frozen_branch_that_rejoins_after_an_adapter_is_cached():
     stem = F.relu(model.stem(x)).detach()
     # Adapt the first conv of the body: its input (the stem), the frozen skip and its own frozen
     # output are the features.
-    feats = _check_split(model, fl.LoraConfig(rank=2, targets=("body.0",)), x)
+    feats = check_split(model, fl.LoraConfig(rank=2, targets=("body.0",)), x)
     assert len(feats) == 3
     torch.testing.assert_close(feats[0], stem)
     torch.testing.assert_close(feats[1], model.skip(stem).sigmoid().detach())
     torch.testing.assert_close(feats[2], model.body[0](stem).detach())
     # Adapt the skip instead: the whole body ran once and is cached, beside the skip's input.
-    feats = _check_split(model, fl.LoraConfig(rank=2, targets=("skip",)), x)
+    feats = check_split(model, fl.LoraConfig(rank=2, targets=("skip",)), x)
     torch.testing.assert_close(feats[1], model.body(stem).detach())
 
 
@@ -127,7 +105,7 @@ def test_in_place_ops_in_the_suffix_leave_the_cache_alone():
     model, x = AddsInPlace().eval(), torch.randn(2, 3, 6, 6)
     cfg = fl.LoraConfig(rank=2, targets=("body",))
     prefix, suffix = fl.split(model, cfg)
-    base, lora = fl.freeze(model), _trained(model, cfg)
+    base, lora = fl.freeze(model), trained(model, cfg)
     feats = prefix(base, x)
     before = [t.clone() for t in feats]
     first = suffix(base, lora, feats)
@@ -140,7 +118,7 @@ def test_gradients_through_the_suffix_are_those_through_f():
     model, x = Branchy().eval(), torch.randn(2, 3, 8, 8)
     cfg = fl.LoraConfig(rank=2, targets=("body.2", "head"))
     prefix, suffix = fl.split(model, cfg)
-    base, lora, f = fl.freeze(model), _trained(model, cfg), fl.functional(model, cfg)
+    base, lora, f = fl.freeze(model), trained(model, cfg), fl.functional(model, cfg)
     feats = prefix(base, x)
     cached = grad(lambda l: suffix(base, l, feats).square().sum())(lora)
     direct = grad(lambda l: f(base, l, x).square().sum())(lora)
@@ -162,25 +140,13 @@ def test_training_on_cached_features_gives_the_same_losses():
     assert cached == pytest.approx(uncached, rel=1e-5, abs=1e-6)
 
 
-def test_efficientnet_lite0_head_caches_its_pooled_features():
-    from funclora.backbones import load_backbone
-
-    torch.manual_seed(0)
-    backbone = load_backbone("efficientnet_lite0", weights=None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", fl.NoCacheWarning)  # it traces
-        feats = _check_split(backbone.model, fl.LoraConfig(rank=4, targets=backbone.targets),
-                             torch.randn(2, 3, 224, 224))
-    assert [tuple(t.shape) for t in feats] == [(2, 1280), (2, 1000)]  # pooled features, _fc's W x + b
-
-
 def test_an_untraceable_model_falls_back_to_no_caching_with_a_notice():
     model = Untraceable().eval()
     cfg = fl.LoraConfig(rank=2)
     with pytest.warns(fl.NoCacheWarning, match="cannot trace Untraceable"):
         prefix, suffix = fl.split(model, cfg)
     x = torch.randn(3, 4)
-    base, lora = fl.freeze(model), _trained(model, cfg)
+    base, lora = fl.freeze(model), trained(model, cfg)
     assert prefix(base, x) == (x,)
     torch.testing.assert_close(suffix(base, lora, (x,)), fl.functional(model, cfg)(base, lora, x))
 

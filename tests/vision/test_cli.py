@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 from torchvision.models import VGG19_Weights
 
 import funclora as fl
-from funclora.cli import main
+from funclora.vision.cli import DEFAULT_KEEP, main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GOLDFISH = REPO / "data" / "goldfish"
 GOLDFISH_CLASS = 1
 
@@ -102,8 +102,8 @@ def test_the_adapter_records_backbone_mode_and_label(trained):
 
 
 def test_predict_with_an_adapter_uses_the_merged_weights(trained):
-    from funclora.backbones import load_backbone
-    from funclora.images import list_images, load_batch
+    from funclora.vision.backbones import load_backbone
+    from funclora.vision.images import list_images, load_batch
 
     report, adapter, _ = trained
     code, out, err = _run("predict", GOLDFISH, "--adapter", adapter, "--top", 3, "--json")
@@ -167,7 +167,7 @@ def test_vgg19_with_random_weights_runs_end_to_end_and_prints_a_table(tmp_path, 
     assert lines[1].split()[:3] == ["image", "before:", "top-1"] and "p(goldfish)" in lines[1]
     assert lines[2].startswith("goldfish_1_flat.png")
     assert lines[3].startswith("goldfish: 0/1 before -> ") and lines[3].endswith("/1 after")
-    assert lines[4].startswith("keep set: ") and lines[4].endswith(f"/8 now 'goldfish' (λ = 10, {REPO / 'data' / 'keep'})")
+    assert lines[4].startswith("keep set: ") and lines[4].endswith(f"/8 now 'goldfish' (λ = 10, {DEFAULT_KEEP})")
     assert lines[5].startswith("trainable 339,776 of 143,667,240 (0.24%); 1 steps")
     assert lines[6] == "adapter saved to runs/vgg19-goldfish.safetensors"
     assert err == ""  # --quiet: no progress bar
@@ -190,8 +190,8 @@ def test_the_same_seed_gives_bitwise_the_same_adapter(tmp_path):
 
 def _uncached_adapter(images: Path, steps: int) -> dict:
     """What `train images --backbone efficientnet_lite0 --weights none --keep none` computes, on the whole f."""
-    from funclora.backbones import load_backbone
-    from funclora.images import list_images, load_batch
+    from funclora.vision.backbones import load_backbone
+    from funclora.vision.images import list_images, load_batch
     from funclora.train import fit
 
     torch.manual_seed(0)
@@ -366,7 +366,7 @@ def test_each_command_has_help(command, capsys):
 
 
 def test_the_installed_entry_points_run_and_fail_cleanly(tmp_path):
-    helped = subprocess.run([sys.executable, "-m", "funclora.cli", "--help"], capture_output=True, text=True)
+    helped = subprocess.run([sys.executable, "-m", "funclora.vision.cli", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "train" in helped.stdout and "predict" in helped.stdout
     failed = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "train", str(tmp_path / "nowhere")],
                             capture_output=True, text=True)
