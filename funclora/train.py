@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .apply import Apply
 from .lora import Lora
-from .optim import Optimizer
+from .optim import Optimizer, apply_updates
 
 __all__ = ["cross_entropy", "make_loss", "make_step", "fit", "Step"]
 
@@ -91,7 +91,8 @@ def make_step(f: Apply, opt: Optimizer, loss_fn: LossFn = cross_entropy, extra: 
 
     def step(lora: Lora, state: Any, base: Base, x: torch.Tensor, y: torch.Tensor):
         grads, (loss, parts) = value_and_grads(lora, base, x, y)
-        lora, state = opt.update(grads, state, lora)
+        updates, state = opt.update(grads, state, lora)
+        lora = apply_updates(lora, updates)
         return (lora, state, loss.detach(), parts) if terms else (lora, state, loss.detach())
 
     return step
