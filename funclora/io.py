@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -37,11 +37,16 @@ def save(path: str | os.PathLike, lora: Lora, cfg: LoraConfig,
     tensors = {f"{name}.{part}": t.detach().contiguous().cpu()
                for name, ab in lora.items() for part, t in ab.items()}
     header = {"format": FORMAT, "config": cfg.to_json(), **{k: str(v) for k, v in extra.items()}}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """`write(tmp)` to a temporary file in `path`'s folder, then rename it to `path`: a failed
+    write leaves no file and never a half-written one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=header)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
