@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..io import write_atomic as _write_atomic
 from .images import load_batch
 
 __all__ = ["default_cache", "setting_key", "content_hash", "tensors_hash", "cached_features", "FeatureFiles"]
@@ -122,17 +122,6 @@ def _check_per_image(feats: tuple, n: int) -> None:
         if not (isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == n):
             raise ValueError(f"feature {k} is not a per-image batch ({type(t).__name__} "
                              f"{tuple(getattr(t, 'shape', ()))}); this cut cannot be cached on disk")
-
-
-def _write_atomic(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class FeatureFiles(Dataset):
