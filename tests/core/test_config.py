@@ -65,3 +65,21 @@ def test_config_is_immutable_hashable_and_round_trips_through_json():
     assert fl.LoraConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="unknown LoraConfig fields"):
         fl.LoraConfig.from_json('{"rank": 4, "fancy": true}')
+
+
+def test_a_pattern_that_matches_nothing_names_the_first_four_adaptable_modules():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(6)])
+    with pytest.raises(ValueError) as excinfo:
+        fl.find_targets(model, fl.LoraConfig(targets=("x*",)))
+    assert str(excinfo.value) == ("target pattern 'x*' matches no Linear or Conv2d module of Sequential; "
+                                  "adaptable modules are named like ['0', '1', '2', '3']")
+
+
+def test_to_json_writes_the_patterns_as_json_objects_in_their_order_of_precedence():
+    import json
+
+    cfg = fl.LoraConfig(rank=2, rank_pattern={"b*": 3, "a": 4}, alpha_pattern={"a": 1.5})
+    fields = json.loads(cfg.to_json())
+    assert list(fields["rank_pattern"].items()) == [("b*", 3), ("a", 4)]  # as PEFT writes them
+    assert fields["alpha_pattern"] == {"a": 1.5}
+    assert fl.LoraConfig.from_json(cfg.to_json()) == cfg

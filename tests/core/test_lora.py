@@ -27,6 +27,8 @@ def test_b_starts_at_zero_and_a_follows_the_chosen_init():
     assert not gaussian["B"].any() and not kaiming["B"].any()
     assert gaussian["A"].std().item() == pytest.approx(1 / 4, rel=0.05)  # std 1/r (variance 1/r²), as PEFT's "gaussian"
     assert kaiming["A"].abs().max().item() <= 1 / 400**0.5  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert kaiming["A"].min() < -0.99 / 400**0.5 and kaiming["A"].max() > 0.99 / 400**0.5  # all of it
+    assert kaiming["A"].mean().abs() < 0.05 / 400**0.5
 
 
 def test_adapters_follow_the_weights_dtype_and_are_reproducible():
@@ -174,3 +176,37 @@ def test_delta_weight_checks_that_a_and_b_pair_up_and_fit_the_rank_given():
                          (a, torch.randn(5, 2, 3, 1))]:
         with pytest.raises(ValueError, match="adapter shapes"):
             fl.delta_weight(bad_a, bad_b, 1.0)
+
+
+def test_merge_keeps_the_weights_dtype_whatever_the_adapters():
+    model = nn.Sequential(nn.Linear(6, 4).to(torch.bfloat16))
+    cfg = fl.LoraConfig(rank=2)
+    lora = trained(nn.Sequential(nn.Linear(6, 4)), cfg, 0, scale=1.0)  # float32 adapters
+    merged = fl.merge(fl.freeze(model), lora, cfg)
+    assert merged["0.weight"].dtype == torch.bfloat16
+    assert fl.unmerge(merged, lora, cfg)["0.weight"].dtype == torch.bfloat16
+
+
+def test_check_lora_names_at_most_three_extra_and_three_missing_layers():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(5)])
+    cfg = fl.LoraConfig(rank=1)
+    lora = {f"x{i}": {"A": torch.zeros(1, 2), "B": torch.zeros(2, 1)} for i in range(5)}
+    with pytest.raises(ValueError) as excinfo:
+        fl.check_lora(model, lora, cfg)
+    assert str(excinfo.value) == ("adapter layers do not match the config's targets: "
+                                  "not targeted ['x0', 'x1', 'x2'], missing ['0', '1', '2']")
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_merge_adds_scale_times_b_at_a_and_unmerge_subtracts_it(rslora):
+    model = _linear_and_conv()
+    cfg = fl.LoraConfig(rank=2, alpha=3.0, use_rslora=rslora)
+    base, lora = fl.freeze(model), trained(model, cfg, 0, scale=1.0)
+    scale = 3.0 / (2**0.5 if rslora else 2)
+    merged, unmerged = fl.merge(base, lora, cfg), fl.unmerge(base, lora, cfg)
+    linear = scale * lora["0"]["B"] @ lora["0"]["A"]
+    conv = scale * torch.einsum("or,rikl->oikl", lora["2"]["B"].flatten(1), lora["2"]["A"])
+    torch.testing.assert_close(merged["0.weight"], base["0.weight"] + linear)
+    torch.testing.assert_close(merged["2.weight"], base["2.weight"] + conv)
+    torch.testing.assert_close(unmerged["0.weight"], base["0.weight"] - linear)
+    torch.testing.assert_close(unmerged["2.weight"], base["2.weight"] - conv)

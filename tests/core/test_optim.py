@@ -7,6 +7,7 @@ import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
 import funclora as fl
+from helpers import not_under_mutmut
 
 CASES = [
     (lambda: fl.sgd(0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
@@ -89,9 +90,10 @@ def test_the_step_count_is_a_tensor_that_starts_at_zero(opt):
     assert isinstance(state["step"], torch.Tensor) and state["step"].item() == 0
     for expected in (1, 2, 3):
         _, state = opt.update({"w": torch.ones(2)}, state, params)
-        assert isinstance(state["step"], torch.Tensor) and state["step"].item() == expected
+        assert state["step"].dtype == torch.int64 and state["step"].item() == expected
 
 
+@not_under_mutmut
 def test_a_compiled_update_is_compiled_once_not_once_per_step():
     graphs = []
 
@@ -131,7 +133,7 @@ def test_adam_with_a_schedule_matches_the_constant_rate_it_returns():
     assert all(torch.equal(a, b) for a, b in zip(tree_leaves(scheduled), tree_leaves(constant)))
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -0.1, "fast", torch.tensor(-1.0)])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.1, "fast", None, torch.tensor(-1.0), torch.ones(2)])
 @pytest.mark.parametrize("make", [fl.sgd, fl.adam])
 def test_a_schedule_value_that_is_not_a_finite_rate_is_refused_naming_the_step(make, value):
     opt = make(lambda step: 0.1 if step < 2 else value)
@@ -212,7 +214,7 @@ def test_adamw_decay_needs_the_params():
     assert torch.isfinite(updates["w"]).all()
 
 
-@pytest.mark.parametrize("scale, max_norm", [(1.0, 0.5), (1.0, 1e3), (1e-3, 1.0)])
+@pytest.mark.parametrize("scale, max_norm", [(1.0, 0.5), (1.0, 1e3), (1e-3, 1.0), (1e-7, 1e-6)])
 def test_clip_by_global_norm_matches_torch_clip_grad_norm(scale, max_norm):
     clip = fl.clip_by_global_norm(max_norm)
     grads = _grads(0, scale)
@@ -222,7 +224,7 @@ def test_clip_by_global_norm_matches_torch_clip_grad_norm(scale, max_norm):
     for t, g in zip(flat, tree_leaves(reference)):
         t.grad = g
     torch.nn.utils.clip_grad_norm_(flat, max_norm)
-    torch.testing.assert_close(tree_leaves(clipped), [t.grad for t in flat])
+    torch.testing.assert_close(tree_leaves(clipped), [t.grad for t in flat], rtol=1e-6, atol=0)
     norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in tree_leaves(clipped)]))
     assert norm <= max_norm * (1 + 1e-5)
     if torch.linalg.vector_norm(torch.stack([g.norm() for g in tree_leaves(grads)])) <= max_norm:
