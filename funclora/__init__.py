@@ -13,7 +13,7 @@ from .head import headless, new_head, with_head
 from .io import load, load_modules, read_metadata, save
 from .keep import keep_term
 from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
-from .optim import Optimizer, adam, adamw, sgd
+from .optim import Optimizer, adam, adamw, apply_updates, chain, clip_by_global_norm, sgd
 from .params import FrozenParams, count, freeze, summary
 from .peft import from_peft, to_peft
 from .train import fit, fit_batches, make_loss, make_step
@@ -26,7 +26,7 @@ __all__ = [
     "latest_checkpoint", "load_checkpoint", "save_checkpoint",
     "headless", "new_head", "with_head",
     "Lora", "check_lora", "delta_weight", "init_lora", "merge", "unmerge",
-    "Optimizer", "adam", "adamw", "sgd",
+    "Optimizer", "adam", "adamw", "sgd", "apply_updates", "chain", "clip_by_global_norm",
     "FrozenParams", "count", "freeze", "summary",
     "from_peft", "to_peft",
     "fit", "fit_batches", "make_loss", "make_step", "keep_term",

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value
+from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from .apply import Apply
 from .lora import Lora
-from .optim import Optimizer
+from .optim import Optimizer, apply_updates
 
 __all__ = ["cross_entropy", "make_loss", "make_step", "fit", "fit_batches", "Step"]
 
@@ -100,7 +101,8 @@ def make_step(f: Apply, opt: Optimizer, loss_fn: LossFn = cross_entropy, extra: 
         grads, (loss, parts) = value_and_grads(lora, base, x, y)
         if reduce is not None:
             grads = reduce(grads)
-        lora, state = opt.update(grads, state, lora)
+        updates, state = opt.update(grads, state, lora)
+        lora = apply_updates(lora, updates)
         return (lora, state, loss.detach(), parts) if terms else (lora, state, loss.detach())
 
     return step
@@ -118,7 +120,8 @@ def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor | Batches, y: torch.Te
 
     Deterministic for a given starting lora (same inputs, same thread count: bitwise the same
     result). `progress` shows a tqdm bar on stderr with the loss and the time left.
-    Raises ValueError as soon as the loss stops being finite (a learning rate too high).
+    Raises ValueError as soon as the loss or the adapter stops being finite (a learning rate too
+    high), naming the step and, for the adapter, the layer.
     `compile` runs the step under torch.compile (True, or the name of a torch.compile backend);
     the first step then includes the compilation. For minibatches from a data loader, see
     `fit_batches` (this is `fit_batches` over `steps` copies of (x, y)).
@@ -164,9 +167,12 @@ def fit_batches(f: Apply, base: Base, lora: Lora, batches: Iterable[tuple[Any, t
                dynamic_ncols=True)
     for i, (x, y) in enumerate(bar, start):
         lora, state, loss, parts = step(lora, state, base, x, y)
+        # One host sync per step for both checks: the loss, and the adapter after its update.
+        finite = torch.stack([torch.isfinite(loss), *(torch.isfinite(t).all() for t in tree_leaves(lora))])
+        if not finite.all():
+            raise ValueError(f"training diverged at step {i + 1}: {_what_diverged(loss, lora)} "
+                             f"(lower the learning rate, or clip the gradients: fl.clip_by_global_norm)")
         value = loss.item()
-        if not torch.isfinite(loss):
-            raise ValueError(f"training diverged at step {i + 1}: loss is {value} (lower the learning rate)")
         history["loss"].append(value)
         for name, part in parts.items():
             history[name].append(part.item())
@@ -175,3 +181,16 @@ def fit_batches(f: Apply, base: Base, lora: Lora, batches: Iterable[tuple[Any, t
             on_step(i + 1, lora, state, history)
     bar.close()
     return lora, state, history
+
+
+def _what_diverged(loss: torch.Tensor, lora: Any) -> str:
+    """Which part of a step stopped being finite: the loss, or the first non-finite adapter tensor."""
+    if not torch.isfinite(loss):
+        return f"loss is {loss.item()}"
+    if isinstance(lora, dict) and all(isinstance(ab, dict) for ab in lora.values()):
+        for name, ab in lora.items():
+            for k, t in ab.items():
+                if isinstance(t, torch.Tensor) and not torch.isfinite(t).all():
+                    bad = "nan" if t.isnan().any() else "inf"
+                    return f"the adapter of layer {name!r} ({k}) is not finite ({bad}) after the update"
+    return "the adapter is not finite after the update"
