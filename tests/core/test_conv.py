@@ -35,20 +35,23 @@ def _merged_by_hand(base, lora, cfg, w=None):
     return w + cfg.scale_for("0") * (b.flatten(1) @ a.flatten(1)).reshape(w.shape)
 
 
+def _weighted_sum(out):
+    """A loss whose output gradient is not symmetric, and lies in out's own memory layout."""
+    weights = torch.empty_like(out).copy_(torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out))
+    return (out * weights).sum()
+
+
 def _reference(model, base, lora, cfg, x, wanted=("A", "B", "x")):
     """Loss and gradients by plain autograd through the layer's own forward on W + s B @ A."""
     a, b = (lora["0"][k].clone().requires_grad_() for k in "AB")
     xr = x.clone().requires_grad_()
     out = functional_call(model, {**base, "0.weight": _merged_by_hand(base, {"0": {"A": a, "B": b}}, cfg)}, (xr,))
-    loss = (out * torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    loss = _weighted_sum(out)
     return loss, dict(zip(wanted, torch.autograd.grad(loss, [{"A": a, "B": b, "x": xr}[k] for k in wanted])))
 
 
 def _loss(f):
-    def loss(base, lora, x):
-        out = f(base, lora, x)
-        return (out * torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)).sum()
-    return loss
+    return lambda base, lora, x: _weighted_sum(f(base, lora, x))
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -91,7 +94,7 @@ def test_the_base_weight_and_bias_may_be_differentiated_too(name):
     a, b = (lora["0"][k].clone().requires_grad_() for k in "AB")
     out = functional_call(model, {**base, "0.weight": _merged_by_hand(base, {"0": {"A": a, "B": b}}, cfg, w),
                                   "0.bias": bias}, (x,))
-    reference = (out * torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    reference = _weighted_sum(out)
     gw, gbias, ga, gb = torch.autograd.grad(reference, (w, bias, a, b))
     for got, want in [(g_base["0.weight"], gw), (g_base["0.bias"], gbias), (g_lora["0"]["A"], ga),
                       (g_lora["0"]["B"], gb)]:
