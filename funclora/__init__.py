@@ -11,6 +11,7 @@ from .config import ALL, LoraConfig, find_targets
 from .io import load, read_metadata, save
 from .keep import keep_term
 from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
+from .many import fit_many, pad_rank, stack, unstack
 from .optim import Optimizer, adam, adamw, sgd
 from .params import FrozenParams, count, freeze, summary
 from .peft import from_peft, to_peft
@@ -26,5 +27,6 @@ __all__ = [
     "FrozenParams", "count", "freeze", "summary",
     "from_peft", "to_peft",
     "fit", "make_loss", "make_step", "keep_term",
+    "fit_many", "pad_rank", "stack", "unstack",
 ]
 __version__ = "0.1.0"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -72,9 +72,16 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
     """
     shell, tensors = adapted_shell(model, cfg, strategy)
 
-    def f(base: Mapping[str, torch.Tensor], lora: Lora | None, x: torch.Tensor) -> torch.Tensor:
+    def f(base: Mapping[str, torch.Tensor], lora: Lora | None, x: torch.Tensor, *,
+          adapter_index: torch.Tensor | None = None) -> torch.Tensor:
+        if adapter_index is not None:  # lora is fl.stack(loras): example n runs adapter_index[n]
+            from .many import per_example
+            return per_example(f, base, lora, x, adapter_index)
         return functional_call(shell, tensors(base, lora), (x,))
 
+    # What funclora.many vmaps over adapters: every layer on the "activation" path, so that no
+    # frozen weight is merged per adapter (vmap would make each such convolution a K-group one).
+    f.activation_form = cache(lambda: f if strategy == "activation" else functional(model, cfg, strategy="activation"))
     return f
 
 
