@@ -39,6 +39,7 @@ from torch.func import grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from tqdm.auto import tqdm
 
+from .distributed import World, all_reduce, shard
 from .lora import Lora
 from .optim import Optimizer
 from .train import Apply, Base, LossFn, cross_entropy
@@ -204,37 +205,42 @@ def _hyper(values: Sequence[float] | None, k: int, what: str) -> torch.Tensor | 
 
 def make_step_many(f: Apply, opt: Optimizer | Sequence[Optimizer], loss_fn: LossFn = cross_entropy,
                    extra: Callable[[Lora, Base], torch.Tensor] | None = None, *, x_dims: Any = None,
-                   y_dims: Any = None, reduce: Callable[[Any], Any] | None = None) -> Callable:
-    """A pure step(stacked, state, base, x, y, hyper) -> (stacked, state, losses (K,), terms):
+                   y_dims: Any = None, world: World | None = None) -> Callable:
+    """A pure step(stacked, state, base, x, y, hyper, share) -> (stacked, state, losses (K,), terms):
     one gradient step of every adapter, as one vmap of `grad_and_value` over the K axis.
 
     x_dims / y_dims: 0 where x / y carry a leading K axis (per-adapter data), None where shared
     (a pytree of those for cached features). `hyper` = (scale (K,) or None, extra weight (K,) or
     None): per-adapter factors on B and on the extra term. `opt` is one optimizer (applied to
     the stacked tree at once: the optimizers here are elementwise) or K of them (each applied to
-    its own adapter; the state is then a list). `reduce` (data-parallel, see
-    `funclora.distributed`) transforms (grads, losses, terms) before the update.
+    its own adapter; the state is then a list). With a `world` of several processes
+    (`funclora.distributed`), x and y are this rank's `share` of the global batch and the
+    gradients, losses and terms of all ranks are summed in one bucket before the update.
     """
     f = vmappable(f)
+    size = 1 if world is None else world.size
 
-    def loss(lora: Lora, base: Base, x: Data, y: torch.Tensor, scale, weight):
+    def loss(lora: Lora, base: Base, x: Data, y: torch.Tensor, scale, weight, share: float):
         if scale is not None:  # the adapter's own alpha / rank, relative to f's
             lora = {n: {**ab, "B": ab["B"] * scale} for n, ab in lora.items()}
         value = loss_fn(f(base, lora, x), y)
+        value = value if share == 1 else value * share  # this rank's part of the global mean
         if extra is None:
             return value, (value.detach(), torch.zeros((), device=value.device))
         penalty = extra(lora, base)
         penalty = penalty if weight is None else weight * penalty
+        penalty = penalty if size == 1 else penalty / size  # every rank adds the same term
         return value + penalty, (value.detach(), penalty.detach())
 
-    def step(stacked: Lora, state: Any, base: Base, x: Data, y: torch.Tensor, hyper=(None, None)):
+    def step(stacked: Lora, state: Any, base: Base, x: Data, y: torch.Tensor, hyper=(None, None),
+             share: float = 1.0):
         scale, weight = hyper
-        dims = (0, None, x_dims, y_dims, None if scale is None else 0, None if weight is None else 0)
+        dims = (0, None, x_dims, y_dims, None if scale is None else 0, None if weight is None else 0, None)
         grads, (total, (train, penalty)) = vmap(grad_and_value(loss, has_aux=True), in_dims=dims)(
-            stacked, base, x, y, scale, weight)
+            stacked, base, x, y, scale, weight, share)
         total, terms = total.detach(), {"train": train, "extra": penalty}
-        if reduce is not None:
-            grads, total, terms = reduce((grads, total, terms))
+        if world is not None:
+            grads, total, terms = all_reduce((grads, total, terms), world)
         stacked, state = _update(opt, grads, state, stacked)
         return stacked, state, total, terms
 
@@ -267,7 +273,7 @@ def fit_many(f: Apply, base: Base, loras: Sequence[Lora], x: Data | list | Calla
              y: torch.Tensor | list, *, opt: Optimizer | Sequence[Optimizer], steps: int,
              loss_fn: LossFn = cross_entropy, extra: Callable[[Lora, Base], torch.Tensor] | None = None,
              scales: Sequence[float] | None = None, extra_weights: Sequence[float] | None = None,
-             progress: bool = True, terms: bool = False, reduce: Callable[[Any], Any] | None = None
+             progress: bool = True, terms: bool = False, world: World | None = None
              ) -> tuple[list[Lora], list]:
     """Train K adapters at once; return (loras, histories), each as its own `fl.fit` run would.
 
@@ -277,6 +283,8 @@ def fit_many(f: Apply, base: Base, loras: Sequence[Lora], x: Data | list | Calla
     are padded (`stack`) and come back at their own ranks. `scales`: per adapter, its scale
     (alpha / rank) relative to f's, for adapters whose config differs from the one f was built
     with; `extra_weights`: per adapter, a factor on `extra` (e.g. a grid of keep weights).
+    With a `world` (`funclora.distributed.init()` under torchrun) x and y are the global batches
+    and each rank trains on its share of them (data-parallel, see `funclora.distributed`).
 
     histories[k] is adapter k's loss per step (with `terms=True`, {"loss", "train", "extra"}).
     An adapter whose loss stops being finite stops there (its history ends with that value; it is
@@ -293,24 +301,32 @@ def fit_many(f: Apply, base: Base, loras: Sequence[Lora], x: Data | list | Calla
     hyper = (_hyper(scales, k, "scales"), _hyper(extra_weights, k, "extra_weights"))
     batch = x if callable(x) else (lambda _: x)
 
-    def arrange(data, what):
-        items = _per_adapter(data, k, what)
-        return (data, None) if items is None else _stack_data(items)
+    def part(data):  # (this rank's share of a global batch, its fraction of the examples)
+        return (data, 1.0) if world is None or world.size == 1 else shard(data, world)
 
-    first_x, x_dims = arrange(batch(0), "x")
-    y_data, y_dims = arrange(y, "y")
+    def arrange(data, what):  # (data to step with, its in_dims, the fraction)
+        items = _per_adapter(data, k, what)
+        if items is None:
+            mine, share = part(data)
+            return mine, None, share
+        parts = [part(item) for item in items]
+        return (*_stack_data([mine for mine, _ in parts]), parts[0][1])
+
+    first_x, x_dims, share = arrange(batch(0), "x")
+    y_data, y_dims, _ = arrange(y, "y")
     step = make_step_many(f, opts if opts is not None else opt, loss_fn, extra,
-                          x_dims=x_dims, y_dims=y_dims, reduce=reduce)
+                          x_dims=x_dims, y_dims=y_dims, world=world)
     stacked = stack(loras)
     state = _init(opts if opts is not None else opt, stacked)
     alive = torch.ones(k, dtype=torch.bool)
     previous = stacked  # the adapters of the step before: a diverged adapter is returned as it was there
     histories = [{"loss": [], "train": [], "extra": []} for _ in range(k)]
-    bar = tqdm(range(steps), desc=f"training {k} adapters", unit="step", disable=not progress, leave=False,
+    quiet = not progress or (world is not None and world.rank != 0)
+    bar = tqdm(range(steps), desc=f"training {k} adapters", unit="step", disable=quiet, leave=False,
                dynamic_ncols=True)
     for i in bar:
-        xi = first_x if i == 0 else arrange(batch(i), "x")[0]
-        new, new_state, total, parts = step(stacked, state, base, xi, y_data, hyper)
+        xi, _, share = (first_x, x_dims, share) if i == 0 else arrange(batch(i), "x")
+        new, new_state, total, parts = step(stacked, state, base, xi, y_data, hyper, share)
         values, finite = total.tolist(), torch.isfinite(total).cpu()
         train, penalty = parts["train"].tolist(), parts["extra"].tolist()
         for j in alive.nonzero().flatten().tolist():
