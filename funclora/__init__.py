@@ -12,7 +12,7 @@ from .io import load, read_metadata, save
 from .keep import keep_term
 from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
 from .many import fit_many, pad_rank, stack, unstack
-from .optim import Optimizer, adam, adamw, sgd
+from .optim import Optimizer, adam, adamw, apply_updates, chain, clip_by_global_norm, sgd
 from .params import FrozenParams, count, freeze, summary
 from .peft import from_peft, to_peft
 from .train import fit, make_loss, make_step
@@ -23,7 +23,7 @@ __all__ = [
     "STRATEGIES", "functional", "plan",
     "load", "read_metadata", "save",
     "Lora", "check_lora", "delta_weight", "init_lora", "merge", "unmerge",
-    "Optimizer", "adam", "adamw", "sgd",
+    "Optimizer", "adam", "adamw", "sgd", "apply_updates", "chain", "clip_by_global_norm",
     "FrozenParams", "count", "freeze", "summary",
     "from_peft", "to_peft",
     "fit", "make_loss", "make_step", "keep_term",

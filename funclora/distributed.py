@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from tqdm.auto import tqdm
 
 from .lora import Lora
-from .optim import Optimizer
+from .optim import Optimizer, apply_updates
 from .train import Apply, Base, LossFn, cross_entropy
 
 __all__ = ["World", "init", "shutdown", "explain", "broadcast", "all_reduce", "bucket_bytes", "shard", "make_step", "fit"]
@@ -196,8 +196,8 @@ def make_step(f: Apply, opt: Optimizer, loss_fn: LossFn = cross_entropy, extra: 
     def step(lora: Lora, state: Any, base: Base, x: Any, y: torch.Tensor, share: float = 1.0):
         grads, (total, (train, penalty)) = value_and_grads(lora, base, x, y, share)
         grads, total, terms = all_reduce((grads, total.detach(), {"train": train, "extra": penalty}), world)
-        lora, state = opt.update(grads, state, lora)
-        return lora, state, total, terms
+        updates, state = opt.update(grads, state, lora)
+        return apply_updates(lora, updates), state, total, terms
 
     return step
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .distributed import World, all_reduce, shard
 from .lora import Lora
-from .optim import Optimizer
+from .optim import Optimizer, apply_updates
 from .train import Apply, Base, LossFn, cross_entropy
 
 __all__ = ["stack", "unstack", "pad_rank", "fit_many", "make_step_many", "per_example", "vmappable"]
@@ -212,8 +212,8 @@ def make_step_many(f: Apply, opt: Optimizer | Sequence[Optimizer], loss_fn: Loss
     x_dims / y_dims: 0 where x / y carry a leading K axis (per-adapter data), None where shared
     (a pytree of those for cached features). `hyper` = (scale (K,) or None, extra weight (K,) or
     None): per-adapter factors on B and on the extra term. `opt` is one optimizer (applied to
-    the stacked tree at once: the optimizers here are elementwise) or K of them (each applied to
-    its own adapter; the state is then a list). With a `world` of several processes
+    every adapter at once, vmapped: a global-norm clip clips each adapter by its own norm) or K
+    of them (each applied to its own adapter; the state is then a list). With a `world` of several processes
     (`funclora.distributed`), x and y are this rank's `share` of the global batch and the
     gradients, losses and terms of all ranks are summed in one bucket before the update.
     """
@@ -253,11 +253,23 @@ def _init(opt: Optimizer | Sequence[Optimizer], stacked: Lora) -> Any:
     return [o.init(lora) for o, lora in zip(opt, unstack(stacked))]
 
 
+def _shared(state: Any) -> Any:
+    """in_dims of an optimizer state over stacked adapters: its 0-d leaves (the step count) are
+    one for all, every other leaf has the K axis."""
+    return tree_map(lambda t: None if not isinstance(t, torch.Tensor) or t.dim() == 0 else 0, state)
+
+
 def _update(opt, grads: Lora, state: Any, stacked: Lora) -> tuple[Lora, Any]:
-    if isinstance(opt, Optimizer):
-        return opt.update(grads, state, stacked)
-    pairs = [o.update(g, s, p) for o, g, s, p in zip(opt, unstack(grads), state, unstack(stacked))]
-    return stack([p for p, _ in pairs]), [s for _, s in pairs]
+    if isinstance(opt, Optimizer):  # vmapped: a global-norm clip is per adapter, as alone
+        dims = _shared(state)
+        updates, state = vmap(opt.update, in_dims=(0, dims, 0), out_dims=(0, dims))(grads, state, stacked)
+        return apply_updates(stacked, updates), state
+    new, states = [], []
+    for o, g, s, p in zip(opt, unstack(grads), state, unstack(stacked)):
+        updates, s = o.update(g, s, p)
+        new.append(apply_updates(p, updates))
+        states.append(s)
+    return stack(new), states
 
 
 def _keep_where(alive: torch.Tensor, new: Any, old: Any) -> Any:

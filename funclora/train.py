@@ -35,11 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value
+from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from .apply import Apply
 from .lora import Lora
-from .optim import Optimizer
+from .optim import Optimizer, apply_updates
 
 __all__ = ["cross_entropy", "make_loss", "make_step", "fit", "Step"]
 
@@ -91,7 +92,8 @@ def make_step(f: Apply, opt: Optimizer, loss_fn: LossFn = cross_entropy, extra: 
 
     def step(lora: Lora, state: Any, base: Base, x: torch.Tensor, y: torch.Tensor):
         grads, (loss, parts) = value_and_grads(lora, base, x, y)
-        lora, state = opt.update(grads, state, lora)
+        updates, state = opt.update(grads, state, lora)
+        lora = apply_updates(lora, updates)
         return (lora, state, loss.detach(), parts) if terms else (lora, state, loss.detach())
 
     return step
@@ -109,7 +111,8 @@ def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor | Batches, y: torch.Te
 
     Deterministic for a given starting lora (same inputs, same thread count: bitwise the same
     result). `progress` shows a tqdm bar on stderr with the loss and the time left.
-    Raises ValueError as soon as the loss stops being finite (a learning rate too high).
+    Raises ValueError as soon as the loss or the adapter stops being finite (a learning rate too
+    high), naming the step and, for the adapter, the layer.
     `compile` runs the step under torch.compile (True, or the name of a torch.compile backend);
     the first step then includes the compilation.
     """
@@ -125,12 +128,28 @@ def fit(f: Apply, base: Base, lora: Lora, x: torch.Tensor | Batches, y: torch.Te
                dynamic_ncols=True)
     for i in bar:
         lora, state, loss, parts = step(lora, state, base, batch(i), y)
+        # One host sync per step for both checks: the loss, and the adapter after its update.
+        finite = torch.stack([torch.isfinite(loss), *(torch.isfinite(t).all() for t in tree_leaves(lora))])
+        if not finite.all():
+            raise ValueError(f"training diverged at step {i + 1}: {_what_diverged(loss, lora)} "
+                             f"(lower the learning rate, or clip the gradients: fl.clip_by_global_norm)")
         value = loss.item()
-        if not torch.isfinite(loss):
-            raise ValueError(f"training diverged at step {i + 1}: loss is {value} (lower the learning rate)")
         history["loss"].append(value)
         for name, part in parts.items():
             history[name].append(part.item())
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     bar.close()
     return lora, (history if terms else history["loss"])
+
+
+def _what_diverged(loss: torch.Tensor, lora: Any) -> str:
+    """Which part of a step stopped being finite: the loss, or the first non-finite adapter tensor."""
+    if not torch.isfinite(loss):
+        return f"loss is {loss.item()}"
+    if isinstance(lora, dict) and all(isinstance(ab, dict) for ab in lora.values()):
+        for name, ab in lora.items():
+            for k, t in ab.items():
+                if not torch.isfinite(t).all():
+                    bad = "nan" if t.isnan().any() else "inf"
+                    return f"the adapter of layer {name!r} ({k}) is not finite ({bad}) after the update"
+    return "the adapter is not finite after the update"

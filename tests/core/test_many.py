@@ -231,3 +231,18 @@ def test_mixed_adapter_inference_equals_each_example_with_its_own_adapter():
         f(base, fl.stack(loras), x, adapter_index=idx + 1)
     with pytest.raises(ValueError, match="one integer per example"):
         f(base, fl.stack(loras), x, adapter_index=idx[:3])
+
+
+def test_one_optimizer_with_a_global_norm_clip_clips_each_adapter_by_its_own_norm():
+    model = _model()
+    cfg = fl.LoraConfig(rank=2, targets=fl.ALL)
+    base, f = fl.freeze(model), fl.functional(model, cfg)
+    data = [_data(0), _data(1)]
+    loras = [fl.init_lora(model, cfg, seed=s) for s in range(2)]
+    opt = fl.chain(fl.clip_by_global_norm(0.05), fl.sgd(0.5, momentum=0.5))  # the clip binds
+    out, hist = fl.fit_many(f, base, loras, [x for x, _ in data], [y for _, y in data], opt=opt, steps=3,
+                            progress=False)
+    for k in range(2):
+        solo, losses = fl.fit(f, base, loras[k], *data[k], opt=opt, steps=3, progress=False)
+        _close(out[k], solo)
+        torch.testing.assert_close(hist[k], losses, **TOL)
