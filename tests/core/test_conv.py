@@ -9,7 +9,7 @@ a dropped or misplaced scale, or padding on the wrong side, fails here.
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 import funclora as fl
 from funclora.conv import LowRankConv, channels_last, conv_spec, low_rank_conv_grads, merged_weight
@@ -184,3 +184,21 @@ def test_only_the_gradients_asked_for_are_computed_and_each_is_right(name, needs
         torch.testing.assert_close(got_one, want_one, rtol=1e-10, atol=1e-10)
     grads = low_rank_conv_grads(g, x, w, a, b, 1.7, tuple(conv), tuple(k in needs.split("+") for k in inputs))
     assert [k for k, t in zip(inputs, grads) if t is not None] == needs.split("+")
+
+
+@pytest.mark.parametrize("name", ["plain", "subclass-tap-grouped"])
+def test_vmap_over_a_stack_of_adapters_with_one_input(name):
+    # An ensemble: the adapters are batched, the input is not (so the layer's output is batched
+    # through its weight alone), for values and for gradients.
+    cfg = CONFIGS["alpha"]
+    model, base, lora, x = _case(name, cfg)
+    stack = {"0": {k: torch.stack([v, 2 * v, -v]) for k, v in lora["0"].items()}}
+    f = fl.functional(model, cfg, strategy="fused")
+    outs = vmap(f, in_dims=(None, 0, None))(base, stack, x)
+    grads = vmap(grad(_loss(f), argnums=1), in_dims=(None, 0, None))(base, stack, x)
+    for i in range(3):
+        one = {"0": {k: v[i] for k, v in stack["0"].items()}}
+        torch.testing.assert_close(outs[i], f(base, one, x), rtol=1e-10, atol=1e-10)
+        want = grad(_loss(f), argnums=1)(base, one, x)
+        for k in "AB":
+            torch.testing.assert_close(grads["0"][k][i], want["0"][k], rtol=1e-9, atol=1e-10)
