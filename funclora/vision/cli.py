@@ -78,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a LoRA adapter so that the images are classified as LABEL",
         description="Train a LoRA adapter on a frozen backbone until the images in IMAGES_DIR are "
-                    "classified as LABEL; save it and print each image's prediction before and after.",
+                    "classified as LABEL; save it and print each image's prediction before and after. "
+                    "On a folder of class sub-folders (IMAGES_DIR/<class>/*.png) it trains with "
+                    "minibatches to tell the classes apart (see the class-folder options below).",
         epilog="defaults: "
                + "; ".join(f"--mode {m}: rank {d['rank']}, lr {d['lr']:g}, {d['steps']} steps"
                            for m, d in DEFAULTS.items())
                + ". Mode 'layers' uses Adam on the backbone's classifier head; 'seed' is the "
                  "tutorial's adapter on the flattened input image, pred = base(x) + x @ A @ B, "
-                 "trained with SGD.")
+                 "trained with SGD. Class-folder datasets (IMAGES_DIR/<class>/...): Adam, lr "
+                 f"{DATASET_DEFAULTS['lr']:g}, rank {DATASET_DEFAULTS['rank']}, {DATASET_DEFAULTS['epochs']} epochs.")
     train.add_argument("images", metavar="IMAGES_DIR", help="folder (or image file) to learn from")
     _add_backbone_args(train, defaults=True)
     train.add_argument("--label", default="goldfish",
