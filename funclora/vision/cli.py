@@ -411,6 +411,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folders_of(folder: Path, classes: Sequence[str]) -> tuple[list[Path], torch.Tensor]:
+    """The images of class folders named by an adapter's classes (by name, exactly), and their indices."""
+    from .data import class_folders
+
+    paths, found, names = class_folders(folder)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown[:3]} are not classes of the adapter "
+                         f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})")
+    return paths, torch.tensor([classes.index(names[i]) for i in found], dtype=torch.long)
+
+
 def _adapter_classes(meta: dict) -> tuple[str, ...] | None:
     """The class names of an adapter with a new head (None: the backbone's ImageNet classes)."""
     return tuple(json.loads(meta["classes"])) if meta.get("head") == "new" else None
@@ -494,7 +506,7 @@ def _eval(args: argparse.Namespace) -> int:
     device, run = _on_device(args, backbone.model)
     classes = _adapter_classes(meta)
     if classes is not None:  # a new head: folders named by its classes; the base cannot answer
-        paths, labels = labelled_images(args.folder, classes)
+        paths, labels = _folders_of(args.folder, classes)
         classifiers = {"adapted": run(_adapted(backbone.model, args.adapter, meta, name, device))}
     else:
         paths, labels = labelled_images(args.folder, backbone.classes)
