@@ -79,13 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a LoRA adapter so that the images are classified as LABEL",
         description="Train a LoRA adapter on a frozen backbone until the images in IMAGES_DIR are "
-                    "classified as LABEL; save it and print each image's prediction before and after.",
+                    "classified as LABEL; save it and print each image's prediction before and after. "
+                    "On a folder of class sub-folders (IMAGES_DIR/<class>/*.png) it trains with "
+                    "minibatches to tell the classes apart (see the class-folder options below).",
         epilog="defaults: "
                + "; ".join(f"--mode {m}: rank {d['rank']}, lr {d['lr']:g}, {d['steps']} steps"
                            for m, d in DEFAULTS.items())
                + ". Mode 'layers' uses Adam on the backbone's classifier head; 'seed' is the "
                  "tutorial's adapter on the flattened input image, pred = base(x) + x @ A @ B, "
-                 "trained with SGD.")
+                 "trained with SGD. Class-folder datasets (IMAGES_DIR/<class>/...): Adam, lr "
+                 f"{DATASET_DEFAULTS['lr']:g}, rank {DATASET_DEFAULTS['rank']}, {DATASET_DEFAULTS['epochs']} epochs.")
     train.add_argument("images", metavar="IMAGES_DIR", help="folder (or image file) to learn from")
     _add_backbone_args(train, defaults=True)
     train.add_argument("--label", default="goldfish",
@@ -409,6 +412,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folders_of(folder: Path, classes: Sequence[str]) -> tuple[list[Path], torch.Tensor]:
+    """The images of class folders named by an adapter's classes (by name, exactly), and their indices."""
+    from .data import class_folders
+
+    paths, found, names = class_folders(folder)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown[:3]} are not classes of the adapter "
+                         f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})")
+    return paths, torch.tensor([classes.index(names[i]) for i in found], dtype=torch.long)
+
+
 def _adapter_classes(meta: dict) -> tuple[str, ...] | None:
     """The class names of an adapter with a new head (None: the backbone's ImageNet classes)."""
     return tuple(json.loads(meta["classes"])) if meta.get("head") == "new" else None
@@ -492,7 +507,7 @@ def _eval(args: argparse.Namespace) -> int:
     device, run = _on_device(args, backbone.model)
     classes = _adapter_classes(meta)
     if classes is not None:  # a new head: folders named by its classes; the base cannot answer
-        paths, labels = labelled_images(args.folder, classes)
+        paths, labels = _folders_of(args.folder, classes)
         classifiers = {"adapted": run(_adapted(backbone.model, args.adapter, meta, name, device))}
     else:
         paths, labels = labelled_images(args.folder, backbone.classes)

@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -345,7 +346,8 @@ def train_dataset(opts: TrainOptions) -> dict:
         val_paths, val_labels = [paths[i] for i in val_idx], [labels[i] for i in val_idx]
         paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
     progress = not opts.quiet
-    say = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
+    say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else (lambda text: None)
+    note = lambda text: print(text, file=sys.stderr)  # noqa: E731  (one line, shown even with --quiet)
 
     backbone = load_backbone(opts.backbone, opts.weights, opts.seed)
     model = backbone.model.to(device)
@@ -384,11 +386,11 @@ def train_dataset(opts: TrainOptions) -> dict:
     full = functional(body, cfg) if targets else (lambda base, lora, x: functional_call(body, dict(base), (x,)))
     cached = not opts.augment and str(opts.cache).strip().lower() != "none"
     if cached and _features_outgrow_images(prefix, base, backbone.preprocess, paths[0], device):
-        say("features: the adapters start at the input, so the frozen prefix's features are larger than the "
+        note("features: the adapters start at the input, so the frozen prefix's features are larger than the "
             "images; nothing is cached on disk")
         cached = False
     if opts.augment:
-        say("--augment: the images change at every step, so no features are cached (each step runs the whole model)")
+        note("--augment: the images change at every step, so no features are cached (each step runs the whole model)")
 
     def with_precision(g):
         def run(base, params, x):
@@ -459,7 +461,7 @@ def train_dataset(opts: TrainOptions) -> dict:
         best = tree["best"]
         torch.set_rng_state(tree["rng"]["torch"].cpu())
         done = info["step"]
-        say(f"resuming from {found} (step {done} of {total})")
+        note(f"resuming from {found} (step {done} of {total})")
 
     def checkpoint(step: int, params, state) -> None:
         tree = {"params": params, "state": state, "losses": list(losses), "log": list(log), "best": best,
