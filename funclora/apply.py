@@ -79,9 +79,12 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
             return per_example(f, base, lora, x, adapter_index)
         return functional_call(shell, tensors(base, lora), (x,))
 
-    # What funclora.many vmaps over adapters: every layer on the "activation" path, so that no
-    # frozen weight is merged per adapter (vmap would make each such convolution a K-group one).
-    f.activation_form = cache(lambda: f if strategy == "activation" else functional(model, cfg, strategy="activation"))
+    # What funclora.many vmaps over adapters: "fused" layers on the "activation" path, so that no
+    # dense frozen weight is merged per adapter (vmap would make each such convolution a K-group
+    # one); "weight" layers (depthwise, few channels) stay merged: K merged depthwise weights are
+    # one depthwise conv over K·C channels, no dearer than the base, and no rank-r·C activation.
+    f.vmappable = cache(lambda: functional(model, cfg, strategy={
+        n: "activation" if s == "fused" else s for n, s in plan(model, cfg, strategy).items()}))
     return f
 
 

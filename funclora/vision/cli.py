@@ -106,12 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--targets", nargs="+", metavar="PATTERN",
                        help="layer names or patterns to adapt ('all' = every Linear and Conv2d; "
                             "default: the backbone's classifier head)")
-    train.add_argument("--rank", type=_positive(int), help=f"LoRA rank (default: {DEFAULTS['layers']['rank']})")
+    train.add_argument("--rank", type=_listed(_positive(int)),
+                       help=f"LoRA rank (default: {DEFAULTS['layers']['rank']}); a comma list trains a grid")
     train.add_argument("--alpha", type=_positive(float), help="LoRA alpha; scale = alpha/rank (default: rank)")
     train.add_argument("--steps", type=_at_least_zero, help="optimizer steps (default: {layers[steps]} layers, {seed[steps]} seed)".format(**DEFAULTS))
-    train.add_argument("--lr", type=_positive(float), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed)".format(**DEFAULTS))
-    train.add_argument("--seed", type=int, default=0,
-                       help="seeds the adapter's init (and the backbone with --weights none); default 0")
+    train.add_argument("--lr", type=_listed(_positive(float)), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed); a comma list trains a grid".format(**DEFAULTS))
+    train.add_argument("--seed", type=_listed(int), default=[0],
+                       help="seeds the adapter's init (and the backbone with --weights none); default 0. "
+                            "Comma lists of --seed, --lr, --rank, --keep-weight train every combination at "
+                            "once (one vmapped run, funclora.vision.grid): one adapter file each, in --out DIR")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
                        help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
     train.add_argument("--keep", metavar="DIR|none", default=None,
@@ -119,8 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
                             "(default: funclora/vision/keep, 8 drawn non-goldfish, shipped with the package; "
                             "'none' turns it off; --mode layers only)")
-    train.add_argument("--keep-weight", metavar="λ", type=_at_least_zero_float, default=None,
+    train.add_argument("--keep-weight", metavar="λ", type=_listed(_at_least_zero_float), default=None,
                        help=f"weight of the keep term (default: {_keep_default()})")
+    train.add_argument("--val", metavar="DIR", type=Path,
+                       help="labelled images (eval's layout: class sub-folders) to compare a grid's adapters "
+                            "by top-1; the best is marked (grids only)")
     train.add_argument("--augment", action="store_true",
                        help="light augmentation, a fresh seeded draw every step: random crop of 70-100%% "
                             "of the area, horizontal flip, colour jitter (--mode layers only). The "
@@ -236,6 +242,13 @@ def _keep_default() -> str:
     return f"{DEFAULT_WEIGHT:g}"
 
 
+def _listed(parse):
+    """"a,b,c" -> [parse(a), parse(b), parse(c)]: more than one value trains a grid."""
+    def each(text: str) -> list:
+        return [parse(part.strip()) for part in text.split(",")]
+    return each
+
+
 def _at_least_zero(text: str) -> int:
     try:
         value = int(text)
@@ -253,10 +266,19 @@ def _train(args: argparse.Namespace) -> int:
     from .images import list_images, load_batch
     from .seed import apply_seed, seed_config, train_seed
 
+    world = _world()
+    if any(len(v or ()) > 1 for v in (args.seed, args.lr, args.rank, args.keep_weight)):
+        return _train_grid(args, world)
+    args.seed, args.lr, args.rank, args.keep_weight = (v[0] if v else None for v in (
+        args.seed, args.lr, args.rank, args.keep_weight))
+    if world.size > 1 and (args.mode == "seed" or args.compile):
+        raise ValueError("under torchrun, train runs --mode layers without --compile")
     settings = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in DEFAULTS[args.mode].items()}
     if args.out is not None and args.out.is_dir():
         raise ValueError(f"--out {args.out}: is a folder (expected the adapter's file name, e.g. "
                          f"{args.out / 'adapter.safetensors'})")
+    if args.val is not None:
+        raise ValueError("--val compares the adapters of a grid: give comma lists (e.g. --seed 0,1,2)")
     if args.mode == "seed" and (args.targets or args.alpha is not None):
         raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
     if args.mode == "seed" and (args.augment or args.compile or _keep_asked(args)):
@@ -302,9 +324,18 @@ def _train(args: argparse.Namespace) -> int:
             from .images import load_image
 
             run, batches = f, augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=args.seed)
-        lora, history = fit(run, base, init_lora(model, cfg, seed=args.seed), batches, y,
-                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
-                            progress=progress, terms=True, compile=args.compile)
+        lora = init_lora(model, cfg, seed=args.seed)
+        if world.size > 1:  # data-parallel: each process its share of the batch, one all-reduce per step
+            from .. import distributed
+
+            lora, history = distributed.fit(run, base, distributed.broadcast(lora, world), batches, y,
+                                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
+                                            progress=progress, terms=True, world=world)
+            if world.rank != 0:  # rank 0 alone evaluates, writes and prints
+                return 0
+        else:
+            lora, history = fit(run, base, lora, batches, y, opt=adam(settings["lr"]), steps=settings["steps"],
+                                extra=extra, progress=progress, terms=True, compile=args.compile)
         with torch.no_grad():  # with the merged weights, as `predict` runs it (and merge checks they are finite)
             merged = merge(base, lora, cfg)
             after = f(merged, None, x)
@@ -365,6 +396,91 @@ def _train(args: argparse.Namespace) -> int:
     loss = f", loss {losses[0]:.3f} -> {losses[-1]:.4f}" if losses else ""
     print(f"{summary(model, lora)}; {len(losses)} steps in {seconds:.1f} s{loss}")
     print(f"adapter saved to {out}")
+    return 0
+
+
+def _world():
+    """This process's place in a torchrun job (a world of one without torchrun); the CLI runs on CPU."""
+    from .. import distributed
+
+    return distributed.init(device="cpu")
+
+
+def _train_grid(args: argparse.Namespace, world) -> int:
+    """`train` with comma lists: every combination at once (funclora.vision.grid), a file each, a table."""
+    from .backbones import resolve_label
+    from .grid import combinations, format_grid, grid_name, train_grid
+    from .images import list_images, load_batch
+
+    if args.mode != "layers" or args.compile:
+        raise ValueError("comma lists (a grid) train --mode layers without --compile")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: is a file; a grid writes one adapter per combination into a folder")
+    paths, keep_paths = list_images([args.images]), _keep_paths(args)
+    weights = [0.0] if not keep_paths else (args.keep_weight or [_keep_weight(args)])
+    combos = combinations(args.seed, args.lr or [DEFAULTS["layers"]["lr"]], args.rank or [DEFAULTS["layers"]["rank"]],
+                          weights)
+    if len(set(args.seed)) > 1 and args.weights == "none":
+        raise ValueError("--weights none draws the backbone from --seed: give one seed for a grid")
+    backbone = _load_backbone(args.backbone, args.weights, args.seed[0])
+    label = resolve_label(args.label, backbone.classes)
+    x, y = load_batch(paths, backbone.preprocess), torch.full((len(paths),), label)
+    keep_x = load_batch(keep_paths, backbone.preprocess) if keep_paths else None
+    val_x = val_y = None
+    if args.val is not None:
+        from .evaluate import labelled_images
+
+        val_paths, val_y = labelled_images(args.val, backbone.classes)
+        val_x = load_batch(val_paths, backbone.preprocess)
+    batches = None
+    if args.augment:
+        from .augment import augmented_batches
+        from .images import load_image
+
+        images = [load_image(p) for p in paths]
+        streams = [augmented_batches(images, backbone.preprocess, seed=c["seed"]) for c in combos]
+        batches = lambda step: [stream(step) for stream in streams]  # noqa: E731
+    targets = tuple(ALL if args.targets == ["all"] else args.targets or backbone.targets)
+    started = time.perf_counter()
+    result = train_grid(backbone.model, x, y, combos, targets=targets, alpha=args.alpha,
+                        steps=args.steps if args.steps is not None else DEFAULTS["layers"]["steps"],
+                        keep_x=keep_x, batches=batches, val_x=val_x, world=world,
+                        progress=not (args.json or args.quiet))
+    seconds = time.perf_counter() - started
+    if world.rank != 0:
+        return 0
+    folder = args.out or Path("runs") / f"{backbone.name}-{_slug(backbone.classes[label])}-grid"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, (combo, lora, cfg, history, logits) in enumerate(
+            zip(combos, *(result[key] for key in ("loras", "cfgs", "histories", "logits")))):
+        last = history["loss"][-1] if history["loss"] else None
+        ok = last is not None and bool(torch.isfinite(torch.tensor(last)))
+        name = grid_name(combo, keep=bool(keep_paths))
+        save(folder / name, lora, cfg, metadata={
+            "backbone": backbone.name, "mode": "layers", "label": str(label), "label_name": backbone.classes[label],
+            "weights": str(args.weights), "seed": str(combo["seed"]), "lr": f"{combo['lr']:g}",
+            **({"keep_images": str(len(keep_paths)), "keep_weight": f"{combo['keep_weight']:g}"} if keep_paths else {}),
+            **({"augment": "true"} if args.augment else {})})
+        hits = int((logits.argmax(-1) == label).sum())
+        kept = None if keep_x is None else \
+            int((result["keep_logits"][k].argmax(-1) == result["keep_before"].argmax(-1)).sum())
+        val = None if val_x is None else float((result["val_logits"][k].argmax(-1) == val_y).float().mean())
+        rows.append({**combo, "loss": last if ok else None, "hits": f"{hits}/{len(paths)}",
+                     "kept": None if kept is None else f"{kept}/{len(keep_paths)}", "val": val if ok else None,
+                     "file": str(folder / name), "history": history["loss"]})
+    scored = [i for i, r in enumerate(rows) if r["val"] is not None]
+    best = max(scored, key=lambda i: (rows[i]["val"], -rows[i]["loss"])) if scored else None
+    for i, r in enumerate(rows):
+        r["best"] = i == best
+    if args.json:
+        print(json.dumps({"grid": rows, "seconds": round(seconds, 2), "processes": world.size}))
+        return 0
+    print(f"{backbone.name} ({_describe_weights(args.weights)}), label {backbone.classes[label]!r}: "
+          f"{len(combos)} adapters trained at once in {seconds:.1f} s"
+          f"{f' on {world.size} processes' if world.size > 1 else ''}")
+    print(format_grid(rows, best))
+    print(f"adapters saved to {folder}/" + (f"; best on --val (*): {rows[best]['file']}" if best is not None else ""))
     return 0
 
 

@@ -201,18 +201,23 @@ class _Convolutions(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared data", "own data"])
-def test_the_frozen_convolutions_run_once_as_one_batch_never_per_adapter(shared):
-    model, k = _model(), 3
+def test_dense_frozen_convolutions_run_once_as_one_batch_never_per_adapter(shared):
+    torch.manual_seed(0)
+    model, k = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Flatten(), nn.Linear(32 * 64, 5)).eval(), 3
     cfg = fl.LoraConfig(rank=2, targets=fl.ALL)
+    assert fl.plan(model, cfg) == {"0": "fused", "2": "fused", "4": "weight", "6": "activation"}
     base, f = fl.freeze(model), fl.functional(model, cfg)
     loras = [fl.init_lora(model, cfg, seed=s) for s in range(k)]
     x, y = _data(0)
     with _Convolutions() as mode:
         fl.fit_many(f, base, loras, x if shared else [x] * k, y, opt=fl.adam(), steps=1, progress=False)
-    frozen = {(tuple(m.weight.shape), m.groups) for m in model.modules() if isinstance(m, nn.Conv2d)}
-    assert frozen <= set(mode.seen)  # each frozen conv ran with its own weight and groups...
-    per_adapter = {((k * shape[0], *shape[1:]), k * groups) for shape, groups in frozen}
-    assert not per_adapter & set(mode.seen), mode.seen  # ...never as a K-group conv of K weights
+    dense = {(tuple(model[i].weight.shape), 1) for i in (0, 2)}
+    assert dense <= set(mode.seen)  # each dense frozen conv ran with its own weight...
+    per_adapter = {((k * shape[0], *shape[1:]), k) for shape, _ in dense}
+    assert not per_adapter & set(mode.seen), mode.seen  # ...never as a K-group conv of K merged weights
+    # the depthwise conv takes its merged weights ("weight" in fl.plan): one depthwise conv of K x 32 channels
+    assert ((k * 32, 1, 3, 3), k * 32) in mode.seen
 
 
 def test_mixed_adapter_inference_equals_each_example_with_its_own_adapter():
