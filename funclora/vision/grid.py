@@ -9,6 +9,7 @@ each has its own Adam and learning rate. Under torchrun the grid is also data-pa
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..lora import init_lora
 from ..optim import adam
 from ..params import freeze
 
-__all__ = ["combinations", "train_grid", "grid_name", "format_grid"]
+__all__ = ["combinations", "train_grid", "run_grid", "grid_name", "format_grid"]
 
 Combo = dict[str, Any]
 """One run of the grid: {"seed": int, "lr": float, "rank": int, "keep_weight": float}."""
@@ -116,3 +117,85 @@ def format_grid(rows: list[dict], best: int | None = None) -> str:
              "-" if r["val"] is None else f"{100 * r['val']:.1f}%", r["file"]) for i, r in enumerate(rows)]
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *body))
+
+
+def run_grid(args: Any, world: Any = None) -> dict | None:
+    """`funclora train` with comma lists, on a flat folder of images taught one --label: train
+    every combination at once, save one adapter each (rank 0), and return what the command prints
+    ({"rows", "best", "folder", "seconds", ...}); None on the other ranks of a torchrun job.
+    `args` has the train command's fields (seed, lr, rank and keep_weight as lists)."""
+    import time
+    from pathlib import Path
+
+    from ..io import save
+    from .backbones import resolve_label
+    from .data import is_class_folder
+    from .images import list_images, load_batch
+    from .training import DEFAULTS, _keep_paths, _keep_weight, load_backbone, slug
+
+    if args.mode != "layers" or args.compile or is_class_folder(args.images):
+        raise ValueError("comma lists (a grid) train --mode layers on a flat folder of images, without --compile")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file; a grid writes one adapter per combination into a folder")
+    if len(set(args.seed)) > 1 and args.weights == "none":
+        raise ValueError("--weights none draws the backbone from --seed: give one seed for a grid")
+    paths, keep_paths = list_images([args.images]), _keep_paths(args)
+    weights = [0.0] if not keep_paths else (args.keep_weight or [_keep_weight(args)])
+    combos = combinations(args.seed, args.lr or [DEFAULTS["layers"]["lr"]],
+                          args.rank or [DEFAULTS["layers"]["rank"]], weights)
+    backbone = load_backbone(args.backbone, args.weights, args.seed[0])
+    label = resolve_label(args.label, backbone.classes)
+    x, y = load_batch(paths, backbone.preprocess), torch.full((len(paths),), label)
+    keep_x = load_batch(keep_paths, backbone.preprocess) if keep_paths else None
+    val_x = val_y = None
+    if args.val is not None:
+        from .evaluate import labelled_images
+
+        val_paths, val_y = labelled_images(args.val, backbone.classes)
+        val_x = load_batch(val_paths, backbone.preprocess)
+    batches = None
+    if args.augment:
+        from .augment import augmented_batches
+        from .images import load_image
+
+        images = [load_image(p) for p in paths]
+        streams = [augmented_batches(images, backbone.preprocess, seed=c["seed"]) for c in combos]
+
+        def batches(step: int) -> list:
+            return [stream(step) for stream in streams]
+
+    targets = tuple(("*",) if list(args.targets or []) == ["all"] else args.targets or backbone.targets)
+    started = time.perf_counter()
+    result = train_grid(backbone.model, x, y, combos, targets=targets, alpha=args.alpha,
+                        steps=args.steps if args.steps is not None else DEFAULTS["layers"]["steps"],
+                        keep_x=keep_x, batches=batches, val_x=val_x, world=world,
+                        progress=not (args.json or args.quiet))
+    seconds = time.perf_counter() - started
+    if world is not None and world.rank != 0:
+        return None
+    folder = Path(args.out) if args.out else Path("runs") / f"{backbone.name}-{slug(backbone.classes[label])}-grid"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, (combo, lora, cfg, history) in enumerate(zip(combos, result["loras"], result["cfgs"],
+                                                        result["histories"])):
+        last = history["loss"][-1] if history["loss"] else None
+        ok = last is not None and math.isfinite(last)
+        name = grid_name(combo, keep=bool(keep_paths))
+        save(folder / name, lora, cfg, metadata={
+            "backbone": backbone.name, "mode": "layers", "label": str(label), "label_name": backbone.classes[label],
+            "weights": str(args.weights), "seed": str(combo["seed"]), "lr": f"{combo['lr']:g}",
+            **({"keep_images": str(len(keep_paths)), "keep_weight": f"{combo['keep_weight']:g}"} if keep_paths else {}),
+            **({"augment": "true"} if args.augment else {})})
+        hits = int((result["logits"][k].argmax(-1) == label).sum())
+        kept = None if keep_x is None else \
+            int((result["keep_logits"][k].argmax(-1) == result["keep_before"].argmax(-1)).sum())
+        val = None if val_x is None else float((result["val_logits"][k].argmax(-1) == val_y).float().mean())
+        rows.append({**combo, "loss": last if ok else None, "hits": f"{hits}/{len(paths)}",
+                     "kept": None if kept is None else f"{kept}/{len(keep_paths)}", "val": val if ok else None,
+                     "file": str(folder / name), "history": history["loss"]})
+    scored = [i for i, r in enumerate(rows) if r["val"] is not None]
+    best = max(scored, key=lambda i: (rows[i]["val"], -rows[i]["loss"])) if scored else None
+    for i, r in enumerate(rows):
+        r["best"] = i == best
+    return {"rows": rows, "best": best, "folder": str(folder), "seconds": seconds, "backbone": backbone.name,
+            "label_name": backbone.classes[label], "processes": 1 if world is None else world.size}

@@ -78,8 +78,6 @@ def test_val_marks_the_best_adapter(tmp_path):
 
 
 def test_grid_errors_are_named(tmp_path):
-    code, _, err = _run("train", GOLDFISH, *LITE, "--val", tmp_path)
-    assert code == 1 and "--val compares the adapters of a grid" in err
     code, _, err = _run("train", GOLDFISH, *LITE, "--seed", "0,1", "--weights", "none")
     assert code == 1 and "give one seed for a grid" in err
     code, _, err = _run("train", GOLDFISH, *LITE, "--lr", "0.01,x")
