@@ -144,9 +144,13 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
             out = functional_call(shells["train+stats" if mutable else "train"], params, (x,))
         return (out, {name: params[name].detach() for name in buffers}) if mutable else out
 
-    # What funclora.many vmaps over adapters: every layer on the "activation" path, so that no
-    # frozen weight is merged per adapter (vmap would make each such convolution a K-group one).
-    f.activation_form = cache(lambda: f if strategy == "activation" else functional(model, cfg, strategy="activation"))
+    # What funclora.many vmaps over adapters: "fused" layers on the "activation" path, so that no
+    # dense frozen weight is merged per adapter (vmap would make each such convolution a K-group
+    # one); "weight" layers (depthwise, few channels) stay merged: K merged depthwise weights are
+    # one depthwise conv over K·C channels, no dearer than the base, and no rank-r·C activation.
+    f.vmappable = cache(lambda: functional(model, cfg, strategy={
+        n: "activation" if s == "fused" else s for n, s in how.items()}))
+
     return f
 
 

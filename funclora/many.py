@@ -4,8 +4,8 @@ An adapter is data, so K of them stack into one pytree with a leading K axis (`s
 runs of the pure step become one `torch.func.vmap` over that axis with the frozen base unbatched.
 Only the low-rank path is per adapter: the base layers see a batched input and an unbatched
 weight, which vmap runs as one large batch (K·N examples), computed once where the input is
-shared and not yet adapted. (A per-adapter weight would turn each convolution into a K-group
-one, slow on GPU: that is why everything here runs on the "activation" path, see `vmappable`.)
+shared and not yet adapted. (A per-adapter weight would turn each dense convolution into a
+K-group one, slow on GPU: that is why they run on the "activation" path here, see `vmappable`.)
 
 >>> import torch, funclora as fl
 >>> _ = torch.manual_seed(0)
@@ -128,11 +128,13 @@ def _crop(lora: Lora, ranks: dict[str, int]) -> Lora:
 
 
 def vmappable(f: Apply) -> Apply:
-    """The form of f to vmap over adapters: for a `functional(model, cfg)` f, the same function
-    with every layer on the "activation" path (x -> A -> B beside the frozen layer), so that the
-    frozen layers run unbatched weights on one large batch and only the rank-r path is per adapter.
-    Any other pure f is returned as it is."""
-    make = getattr(f, "activation_form", None)
+    """The form of f to vmap over adapters. For a `functional(model, cfg)` f: its "fused" layers
+    on the "activation" path (x -> A -> B beside the frozen layer), so that the dense frozen
+    layers run an unbatched weight on one large batch and only the rank-r path is per adapter;
+    its "weight" layers (depthwise convolutions, few channels: see `fl.plan`) stay merged, as K
+    merged depthwise weights are one depthwise convolution over K times the channels. Any other
+    pure f is returned as it is."""
+    make = getattr(f, "vmappable", None)
     return make() if make is not None else f
 
 

@@ -92,6 +92,7 @@ class TrainOptions:
     resume: bool = False
     device: str = "auto"
     dtype: str = "float32"
+    world: Any = None  # funclora.distributed.World under torchrun: data-parallel, rank 0 writes
 
 
 def train(opts: TrainOptions) -> dict:
@@ -105,6 +106,9 @@ def train(opts: TrainOptions) -> dict:
         raise ValueError(f"--out {opts.out}: is a folder (expected the adapter's file name, e.g. "
                          f"{Path(opts.out) / 'adapter.safetensors'})")
     if is_class_folder(opts.images):
+        if opts.world is not None and opts.world.size > 1:
+            raise ValueError("torchrun: data-parallel training of class-folder datasets is not built yet; "
+                             "a flat folder of images (or a grid of them) trains data-parallel")
         return train_dataset(opts)
     dataset_only = {"--head new": opts.head != "imagenet", "--epochs": opts.epochs is not None,
                     "--val": opts.val is not None, "--val-split": opts.val_split is not None,
@@ -212,9 +216,21 @@ def train_images(opts: TrainOptions) -> dict:
             from .images import load_image
 
             run, batches = f, augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=opts.seed)
-        lora, history = fit(run, base, init_lora(model, cfg, seed=opts.seed), batches, y,
-                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
-                            progress=progress, terms=True, compile=opts.compile)
+        lora = init_lora(model, cfg, seed=opts.seed)
+        world = opts.world
+        if world is not None and world.size > 1:  # each process its share of the batch, one all-reduce a step
+            from .. import distributed
+
+            if opts.compile:
+                raise ValueError("--compile: not under torchrun (the data-parallel step is not compiled)")
+            lora, history = distributed.fit(run, base, distributed.broadcast(lora, world), batches, y,
+                                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
+                                            progress=progress, terms=True, world=world)
+            if world.rank != 0:  # rank 0 alone evaluates, writes and prints
+                return None
+        else:
+            lora, history = fit(run, base, lora, batches, y, opt=adam(settings["lr"]), steps=settings["steps"],
+                                extra=extra, progress=progress, terms=True, compile=opts.compile)
         with torch.no_grad():  # with the merged weights, as `predict` runs it (and merge checks they are finite)
             merged = merge(base, lora, cfg)
             after = f(merged, None, x)
@@ -223,6 +239,8 @@ def train_images(opts: TrainOptions) -> dict:
         history = {"loss": history["loss"], "train": history["train"],
                    **({"keep": history["extra"]} if keep else {})}
     else:
+        if opts.world is not None and opts.world.size > 1:
+            raise ValueError("--mode seed runs in one process (not under torchrun)")
         with torch.no_grad():
             before = model(x)
         lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],

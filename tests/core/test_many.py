@@ -6,6 +6,8 @@
   (c) the frozen base never runs as a per-adapter (K-group) convolution;
   (d) f(base, stack(loras), x, adapter_index=idx) equals running each example with its own adapter.
 """
+import warnings
+
 import pytest
 import torch
 from hypothesis import given
@@ -139,10 +141,14 @@ def test_adapters_of_different_ranks_and_alphas_train_as_they_would_alone():
 
 
 def test_cached_features_and_batches_that_change_every_step():
-    model = _model()
-    cfg = fl.LoraConfig(rank=2, targets=("9",))  # the head: everything before it is cached
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5)).eval()
+    cfg = fl.LoraConfig(rank=2, targets=("5",))  # the head: everything before it is cached
     base = fl.freeze(model)
-    prefix, suffix = fl.split(model, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fl.NoCacheWarning)
+        prefix, suffix = fl.split(model, cfg)
     (x0, y), (x1, _) = _data(0), _data(1)
     feats = [prefix(base, x0), prefix(base, x1)]
     loras = [fl.init_lora(model, cfg, seed=s) for s in range(2)]
@@ -201,18 +207,23 @@ class _Convolutions(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared data", "own data"])
-def test_the_frozen_convolutions_run_once_as_one_batch_never_per_adapter(shared):
-    model, k = _model(), 3
+def test_dense_frozen_convolutions_run_once_as_one_batch_never_per_adapter(shared):
+    torch.manual_seed(0)
+    model, k = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Flatten(), nn.Linear(32 * 64, 5)).eval(), 3
     cfg = fl.LoraConfig(rank=2, targets=fl.ALL)
+    assert fl.plan(model, cfg) == {"0": "fused", "2": "fused", "4": "weight", "6": "activation"}
     base, f = fl.freeze(model), fl.functional(model, cfg)
     loras = [fl.init_lora(model, cfg, seed=s) for s in range(k)]
     x, y = _data(0)
     with _Convolutions() as mode:
         fl.fit_many(f, base, loras, x if shared else [x] * k, y, opt=fl.adam(), steps=1, progress=False)
-    frozen = {(tuple(m.weight.shape), m.groups) for m in model.modules() if isinstance(m, nn.Conv2d)}
-    assert frozen <= set(mode.seen)  # each frozen conv ran with its own weight and groups...
-    per_adapter = {((k * shape[0], *shape[1:]), k * groups) for shape, groups in frozen}
-    assert not per_adapter & set(mode.seen), mode.seen  # ...never as a K-group conv of K weights
+    dense = {(tuple(model[i].weight.shape), 1) for i in (0, 2)}
+    assert dense <= set(mode.seen)  # each dense frozen conv ran with its own weight...
+    per_adapter = {((k * shape[0], *shape[1:]), k) for shape, _ in dense}
+    assert not per_adapter & set(mode.seen), mode.seen  # ...never as a K-group conv of K merged weights
+    # the depthwise conv takes its merged weights ("weight" in fl.plan): one depthwise conv of K x 32 channels
+    assert ((k * 32, 1, 3, 3), k * 32) in mode.seen
 
 
 def test_mixed_adapter_inference_equals_each_example_with_its_own_adapter():
