@@ -23,26 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as scripts/make_heldout.py
 import drawing as dr  # noqa: E402
-import make_goldfish as gf  # noqa: E402
 import subjects as sj  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def goldfish(cx: float, cy: float, scale: float, tilt: float, flip: bool, body: dr.RGB, fin: dr.RGB) -> dr.Subject:
-    """The training goldfish's parts (make_goldfish.py) in a new pose and colour, as a Subject."""
-    p = dr.Placement(cx, cy, scale, tilt=tilt, flip=flip)
-    f = gf.fins(p)
-
-    def out(pts):  # canvas points back to output pixels
-        return [(x / dr.SS, y / dr.SS) for x, y in pts]
-
-    shapes = tuple((out(f[k]), fin) for k in ("tail", "dorsal", "pelvic", "anal")) + \
-        ((out(f["body"]), body), (out(f["pectoral"]), fin))
-    eye = out([p.pt(gf.EYE)])[0]
-    r = p.length(gf.EYE_R) / dr.SS
-    return dr.Subject(shapes, ((out(f["gill"]), dr.darker(body), 2.5),),
-                      ((eye, r, (255, 255, 255)), (eye, r / 2, (30, 20, 20))))
 
 
 # name -> (style, subject, seed)
@@ -69,11 +52,11 @@ NOT_GOLDFISH = {
     "key_pixel": ("pixel", sj.key, 120),
 }
 GOLDFISH = {
-    "goldfish_flat": ("flat", lambda: goldfish(118, 126, 96, -14, True, (250, 150, 40), (255, 190, 90)), 121),
-    "goldfish_lineart": ("lineart", lambda: goldfish(146, 120, 104, 10, False, (0, 0, 0), (0, 0, 0)), 122),
-    "goldfish_lowpoly": ("lowpoly", lambda: goldfish(120, 130, 100, 12, True, (240, 110, 30), (250, 170, 60)), 123),
-    "goldfish_watercolour": ("watercolour", lambda: goldfish(140, 132, 98, -8, False, (240, 120, 40), (250, 160, 90)), 124),
-    "goldfish_pixel": ("pixel", lambda: goldfish(116, 124, 100, 16, True, (250, 140, 30), (250, 200, 80)), 125),
+    "goldfish_flat": ("flat", lambda: sj.goldfish(118, 126, 96, -14, True, (250, 150, 40), (255, 190, 90)), 121),
+    "goldfish_lineart": ("lineart", lambda: sj.goldfish(146, 120, 104, 10, False, (0, 0, 0), (0, 0, 0)), 122),
+    "goldfish_lowpoly": ("lowpoly", lambda: sj.goldfish(120, 130, 100, 12, True, (240, 110, 30), (250, 170, 60)), 123),
+    "goldfish_watercolour": ("watercolour", lambda: sj.goldfish(140, 132, 98, -8, False, (240, 120, 40), (250, 160, 90)), 124),
+    "goldfish_pixel": ("pixel", lambda: sj.goldfish(116, 124, 100, 16, True, (250, 140, 30), (250, 200, 80)), 125),
 }
 
 

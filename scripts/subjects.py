@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import drawing as dr
+import make_goldfish as gf
 from drawing import Subject
 
 Point = dr.Point
@@ -36,6 +37,23 @@ def rect(x0: float, y0: float, x1: float, y1: float) -> list[Point]:
 
 
 # ------------------------------------------------------------------ fish ---
+
+def goldfish(cx: float, cy: float, scale: float, tilt: float, flip: bool, body: dr.RGB, fin: dr.RGB) -> dr.Subject:
+    """The training goldfish's parts (make_goldfish.py) in a new pose and colour, as a Subject."""
+    p = dr.Placement(cx, cy, scale, tilt=tilt, flip=flip)
+    f = gf.fins(p)
+
+    def out(pts):  # canvas points back to output pixels
+        return [(x / dr.SS, y / dr.SS) for x, y in pts]
+
+    shapes = tuple((out(f[k]), fin) for k in ("tail", "dorsal", "pelvic", "anal")) + \
+        ((out(f["body"]), body), (out(f["pectoral"]), fin))
+    eye = out([p.pt(gf.EYE)])[0]
+    r = p.length(gf.EYE_R) / dr.SS
+    return Subject(shapes, ((out(f["gill"]), dr.darker(body), 2.5),),
+                      ((eye, r, (255, 255, 255)), (eye, r / 2, (30, 20, 20))))
+
+
 
 def fish(body: dr.RGB, fin: dr.RGB, *, length: float = 170, height: float = 80, tail: str = "fork",
          dorsal: str = "low", bands: tuple = (), spots: tuple = (), stripe: dr.RGB | None = None,

@@ -29,6 +29,7 @@ learning rate for it instead. Adam is not used here: its per-element steps move 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -37,6 +38,7 @@ from torch.func import functional_call
 
 from ..config import LoraConfig
 from ..apply import Apply
+from ..keep import DEFAULT_WEIGHT, kl_to_base
 from ..lora import Lora
 from ..optim import sgd
 from ..train import cross_entropy, fit
@@ -85,17 +87,36 @@ def seed_config(adapter: Lora) -> LoraConfig:
 
 
 def train_seed(base_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, rank: int = 8,
-               lr: float = LR, steps: int = 30, seed: int = 0, progress: bool = True
-               ) -> tuple[Lora, list[float]]:
+               lr: float = LR, steps: int = 30, seed: int = 0, progress: bool = True,
+               keep: tuple[torch.Tensor, torch.Tensor] | None = None, keep_weight: float = DEFAULT_WEIGHT,
+               terms: bool = False) -> tuple[Lora, list[float] | dict[str, list[float]]]:
     """Train a fresh seed adapter with SGD on (x, y); `base_logits` = the frozen base's output on x.
 
     The base is frozen, so its logits are an input here (computed once) rather than recomputed
     every step: the same numbers as `seed_function(model)`, at a fraction of the cost.
+
+    `keep` = (keep images, the base's logits on them) adds keep_weight * KL(base || adapted) on
+    those images (`funclora.keep.kl_to_base`): without it, an adapter on raw pixels learns
+    "a white page means goldfish". With `terms=True` the second result is fit's
+    {"loss", "train", "extra"} history instead of the list of losses.
     """
     adapter = init_seed(x[0].numel(), base_logits.shape[1], rank, seed)
 
     def f(logits: torch.Tensor, adapter: Lora, x: torch.Tensor) -> torch.Tensor:
         return apply_seed(logits, adapter, x)
 
-    return fit(f, base_logits, adapter, x, y, opt=sgd(lr), steps=steps, loss_fn=cross_entropy,
-               progress=progress)
+    extra = None
+    if keep is not None:
+        keep_x, keep_logits = keep
+        if keep_x.shape[0] == 0:
+            raise ValueError("keep set is empty (expected at least one image)")
+        if not (isinstance(keep_weight, (int, float)) and math.isfinite(keep_weight) and keep_weight >= 0):
+            raise ValueError(f"keep weight must be a finite number >= 0, got {keep_weight!r}")
+        keep_logits = keep_logits.detach()
+
+        def extra(adapter: Lora, _: torch.Tensor) -> torch.Tensor:
+            return keep_weight * kl_to_base(keep_logits, apply_seed(keep_logits, adapter, keep_x))
+
+    adapter, history = fit(f, base_logits, adapter, x, y, opt=sgd(lr), steps=steps, loss_fn=cross_entropy,
+                           extra=extra, progress=progress, terms=True)
+    return adapter, (history if terms else history["loss"])

@@ -17,7 +17,7 @@ COMMITTED = {"goldfish": DATA / "goldfish", "heldout": DATA / "heldout", "keep":
 # script -> {data subfolder: expected number of PNGs}
 SCRIPTS = {
     "make_goldfish": {"goldfish": 5, "heldout": 2},
-    "make_keep": {"keep": 8},
+    "make_keep": {"keep": 37},
     "make_heldout": {"specificity/not_goldfish": 20, "specificity/goldfish": 5},
 }
 
