@@ -28,7 +28,7 @@ RUNS = {
     "default (`--mode layers`)": "",
     "`--keep none`": "--keep none",
     "`--mode seed`": "--mode seed",
-    "`--mode seed --keep`": f"--mode seed --keep {REPO / 'funclora' / 'vision' / 'keep'}",
+    "`--mode seed --keep`": "--mode seed --keep",
 }
 
 
