@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -22,20 +23,30 @@ from safetensors.torch import save_file
 from .config import LoraConfig
 from .lora import Lora
 
-__all__ = ["save", "load", "read_metadata"]
+__all__ = ["save", "load", "load_modules", "read_metadata"]
 
 FORMAT = "funclora.lora/1"
+MODULES = "modules_to_save"
+"""Prefix of the tensors of layers saved whole beside the adapters (a new head), as in PEFT."""
 
 
 def save(path: str | os.PathLike, lora: Lora, cfg: LoraConfig,
-         metadata: Mapping[str, str] | None = None) -> None:
-    """Write `lora` and `cfg` to a .safetensors file, atomically (a failed write leaves no file)."""
+         metadata: Mapping[str, str] | None = None, *,
+         modules: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
+    """Write `lora` and `cfg` to a .safetensors file, atomically (a failed write leaves no file).
+
+    `modules` = {layer: {"weight": ..., "bias": ...}}: layers saved whole beside the adapters
+    (a new head, `funclora.head`), read back by `load_modules`."""
     extra = dict(metadata or {})
-    clash = {"format", "config"} & set(extra)
+    clash = {"format", "config", MODULES} & set(extra)
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved by funclora")
     tensors = {f"{name}.{part}": t.detach().contiguous().cpu()
                for name, ab in lora.items() for part, t in ab.items()}
+    if modules:
+        tensors.update({f"{MODULES}.{name}.{part}": t.detach().contiguous().cpu()
+                        for name, parts in modules.items() for part, t in parts.items()})
+        extra[MODULES] = json.dumps(sorted(modules))
     header = {"format": FORMAT, "config": cfg.to_json(), **{k: str(v) for k, v in extra.items()}}
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
@@ -64,11 +75,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Lora, LoraConfig]:
-    """(lora, cfg) from a file written by `save`."""
+    """(lora, cfg) from a file written by `save` (layers saved whole: `load_modules`)."""
     cfg = LoraConfig.from_json(read_metadata(path)["config"])
     lora: Lora = {}
     with safe_open(os.fspath(path), framework="pt", device=str(device)) as fh:
         for key in fh.keys():
+            if key.startswith(MODULES + "."):
+                continue
             name, _, part = key.rpartition(".")
             if part not in ("A", "B"):
                 raise ValueError(f"{path}: unexpected tensor {key!r} (expected '<layer>.A' / '<layer>.B')")
@@ -77,3 +90,17 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
         if set(ab) != {"A", "B"}:
             raise ValueError(f"{path}: layer {name!r} has {sorted(ab)} but needs both A and B")
     return lora, cfg
+
+
+def load_modules(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+    """{layer: {"weight": ..., "bias": ...}}: the layers `save(..., modules=...)` stored whole ({} if none)."""
+    names = json.loads(read_metadata(path).get(MODULES, "[]"))
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(os.fspath(path), framework="pt", device=str(device)) as fh:
+        for key in fh.keys():
+            if key.startswith(MODULES + "."):
+                name, _, part = key[len(MODULES) + 1:].rpartition(".")
+                if name not in names:
+                    raise ValueError(f"{path}: tensor {key!r} belongs to no listed module {names}")
+                modules.setdefault(name, {})[part] = fh.get_tensor(key)
+    return modules

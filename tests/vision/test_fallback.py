@@ -19,7 +19,7 @@ import torch
 from torchvision.models import VGG19_Weights
 
 import funclora as fl
-from funclora.vision import backbones, cli
+from funclora.vision import backbones, training
 from funclora.vision.backbones import WeightsUnavailable, load_backbone
 from funclora.vision.cli import main
 
@@ -101,7 +101,7 @@ def test_with_the_weights_at_hand_it_stays_vgg19(monkeypatch, tmp_path):
         torch.manual_seed(seed)
         return load_backbone(name, None if name == "vgg19" else weights)
 
-    monkeypatch.setattr(cli, "_load_backbone", load)
+    monkeypatch.setattr(training, "load_backbone", load)
     out = tmp_path / "adapter.safetensors"
     code, stdout, stderr = _run("train", GOLDFISH, "--backbone", "vgg19", "--fallback", "efficientnet_lite0",
                                 "--steps", "1", "--keep", "none", "--quiet", "--out", out)
