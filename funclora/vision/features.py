@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..io import write_atomic as _write_atomic
 from .images import load_batch
 
 __all__ = ["default_cache", "setting_key", "content_hash", "tensors_hash", "cached_features", "FeatureFiles",
@@ -145,17 +145,6 @@ def _plain_features(feats: tuple, n: int) -> str:
         else:
             raise ValueError(f"feature {k} is a {type(t).__name__}; this cut cannot be cached on disk (--cache none)")
     return json.dumps(plain)
-
-
-def _write_atomic(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class FeatureFiles(Dataset):

@@ -45,14 +45,17 @@ from ..train import fit, fit_batches
 __all__ = ["TrainOptions", "DEFAULTS", "DATASET_DEFAULTS", "DEFAULT_KEEP", "train", "train_images",
            "train_dataset", "resolve_device", "resolve_dtype", "head_name"]
 
-# The drawn keep set (8 non-goldfish), shipped as package data so an installed wheel has it too.
+# The drawn keep set (non-goldfish in the goldfish's styles), package data so an installed wheel has it too.
 DEFAULT_KEEP = Path(__file__).resolve().parent / "keep"
 DEFAULTS = {
     # Adam on the classifier head: 5/5 drawn goldfish on efficientnet_lite0 from step ~8, so 25
     # steps leave a wide margin; on cached features (funclora.split) they take ~1.5 s on 2 CPU cores.
-    "layers": {"rank": 8, "lr": 1e-2, "steps": 25},
+    # keep_weight: λ of the keep set, chosen on a tuning set of drawings (scripts/make_keep.py --dev),
+    # never on the held-out set the README reports (scripts/specificity.py).
+    "layers": {"rank": 8, "lr": 1e-2, "steps": 25, "keep_weight": 3.0},
     # SGD on the tutorial's randn init: see funclora.vision.seed for why the learning rate is so small.
-    "seed": {"rank": 8, "lr": 1e-5, "steps": 30},
+    # The keep set is off unless asked for (--keep); with it, λ = keep_weight.
+    "seed": {"rank": 8, "lr": 1e-5, "steps": 30, "keep_weight": 10.0},
 }
 DATASET_DEFAULTS = {"rank": 8, "lr": 1e-3, "epochs": 3}
 """Class-folder datasets: Adam at 1e-3, 3 epochs (see the README's Fashion-MNIST table)."""
@@ -65,6 +68,7 @@ class TrainOptions:
     images: str | Path
     backbone: str = "vgg19"
     weights: str = "imagenet"
+    fallback: str | None = None
     label: str = "goldfish"
     mode: str = "layers"
     targets: Sequence[str] | None = None
@@ -92,6 +96,7 @@ class TrainOptions:
     resume: bool = False
     device: str = "auto"
     dtype: str = "float32"
+    world: Any = None  # funclora.distributed.World under torchrun: data-parallel, rank 0 writes
 
 
 def train(opts: TrainOptions) -> dict:
@@ -105,6 +110,9 @@ def train(opts: TrainOptions) -> dict:
         raise ValueError(f"--out {opts.out}: is a folder (expected the adapter's file name, e.g. "
                          f"{Path(opts.out) / 'adapter.safetensors'})")
     if is_class_folder(opts.images):
+        if opts.world is not None and opts.world.size > 1:
+            raise ValueError("torchrun: data-parallel training of class-folder datasets is not built yet; "
+                             "a flat folder of images (or a grid of them) trains data-parallel")
         return train_dataset(opts)
     dataset_only = {"--head new": opts.head != "imagenet", "--epochs": opts.epochs is not None,
                     "--val": opts.val is not None, "--val-split": opts.val_split is not None,
@@ -171,14 +179,15 @@ def train_images(opts: TrainOptions) -> dict:
     settings = {k: v if getattr(opts, k) is None else getattr(opts, k) for k, v in DEFAULTS[opts.mode].items()}
     if opts.mode == "seed" and (opts.targets or opts.alpha is not None):
         raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
-    if opts.mode == "seed" and (opts.augment or opts.compile or keep_asked(opts)):
-        raise ValueError("--augment, --compile, --keep and --keep-weight apply to --mode layers; --mode seed trains on "
+    if opts.mode == "seed" and (opts.augment or opts.compile):
+        raise ValueError("--augment and --compile apply to --mode layers; --mode seed trains on "
                          "the base's logits of fixed images")
     if opts.report is not None:
         check_report(opts.report)  # before training, not after it
     paths = list_images([opts.images])  # a wrong folder fails before the backbone loads
-    keep_paths = _keep_paths(opts) if opts.mode == "layers" else []
-    backbone = load_backbone(opts.backbone, opts.weights, opts.seed)
+    # --mode seed keeps the tutorial's plain loss unless a keep set is asked for.
+    keep_paths = _keep_paths(opts) if opts.mode == "layers" or keep_asked(opts) else []
+    backbone = load_or_fall_back(opts)
     label = resolve_label(opts.label, backbone.classes)
     x = load_batch(paths, backbone.preprocess)
     y = torch.full((len(paths),), label)
@@ -212,9 +221,21 @@ def train_images(opts: TrainOptions) -> dict:
             from .images import load_image
 
             run, batches = f, augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=opts.seed)
-        lora, history = fit(run, base, init_lora(model, cfg, seed=opts.seed), batches, y,
-                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
-                            progress=progress, terms=True, compile=opts.compile)
+        lora = init_lora(model, cfg, seed=opts.seed)
+        world = opts.world
+        if world is not None and world.size > 1:  # each process its share of the batch, one all-reduce a step
+            from .. import distributed
+
+            if opts.compile:
+                raise ValueError("--compile: not under torchrun (the data-parallel step is not compiled)")
+            lora, history = distributed.fit(run, base, distributed.broadcast(lora, world), batches, y,
+                                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
+                                            progress=progress, terms=True, world=world)
+            if world.rank != 0:  # rank 0 alone evaluates, writes and prints
+                return None
+        else:
+            lora, history = fit(run, base, lora, batches, y, opt=adam(settings["lr"]), steps=settings["steps"],
+                                extra=extra, progress=progress, terms=True, compile=opts.compile)
         with torch.no_grad():  # with the merged weights, as `predict` runs it (and merge checks they are finite)
             merged = merge(base, lora, cfg)
             after = f(merged, None, x)
@@ -223,14 +244,22 @@ def train_images(opts: TrainOptions) -> dict:
         history = {"loss": history["loss"], "train": history["train"],
                    **({"keep": history["extra"]} if keep else {})}
     else:
+        if opts.world is not None and opts.world.size > 1:
+            raise ValueError("--mode seed runs in one process (not under torchrun)")
         with torch.no_grad():
             before = model(x)
-        lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
-                                  steps=settings["steps"], seed=opts.seed, progress=progress)
-        history = {"loss": losses, "train": losses}
+            if keep_paths:
+                keep = {"x": load_batch(keep_paths, backbone.preprocess)}
+                keep["before"] = model(keep["x"])
+        lora, history = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
+                                   steps=settings["steps"], seed=opts.seed, progress=progress, terms=True,
+                                   keep=(keep["x"], keep["before"]) if keep else None, keep_weight=keep_weight)
+        history = {"loss": history["loss"], "train": history["train"], **({"keep": history["extra"]} if keep else {})}
         cfg = seed_config(lora)
         with torch.no_grad():
             after = apply_seed(before, lora, x)
+            if keep:
+                keep["after"] = apply_seed(keep["before"], lora, keep["x"])
     seconds = time.perf_counter() - started
     if not torch.isfinite(after).all():
         raise ValueError(f"training diverged (non-finite outputs); lower --lr (was {settings['lr']:g})")
@@ -280,9 +309,7 @@ def _keep_paths(opts: TrainOptions) -> list[Path]:
 
 
 def _keep_weight(opts: TrainOptions) -> float:
-    from ..keep import DEFAULT_WEIGHT
-
-    return DEFAULT_WEIGHT if opts.keep_weight is None else opts.keep_weight
+    return DEFAULTS[opts.mode]["keep_weight"] if opts.keep_weight is None else opts.keep_weight
 
 
 def check_report(folder: Path) -> None:
@@ -310,6 +337,22 @@ def load_backbone(name: str, weights: str, seed: int):
 
     torch.manual_seed(seed)  # --weights none draws the backbone from torch's RNG: make it repeatable
     return load(name, weights)
+
+
+def load_or_fall_back(opts: TrainOptions):
+    """The backbone; if its published weights cannot be fetched and `opts.fallback` names another
+    backbone, that one instead, said in one line on stderr (so `make goldfish` works offline)."""
+    from .backbones import WeightsUnavailable
+
+    try:
+        return load_backbone(opts.backbone, opts.weights, opts.seed)
+    except WeightsUnavailable as error:
+        if opts.fallback is None or opts.fallback == opts.backbone:
+            raise
+        reason = " ".join(error.reason.split())
+        print(f"funclora: {opts.backbone}'s ImageNet weights are unavailable ({reason}); "
+              f"running the same experiment on {opts.fallback} (--fallback)", file=sys.stderr)
+        return load_backbone(opts.fallback, "imagenet", opts.seed)
 
 
 def slug(text: str) -> str:
@@ -349,7 +392,7 @@ def train_dataset(opts: TrainOptions) -> dict:
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else (lambda text: None)
     note = lambda text: print(text, file=sys.stderr)  # noqa: E731  (one line, shown even with --quiet)
 
-    backbone = load_backbone(opts.backbone, opts.weights, opts.seed)
+    backbone = load_or_fall_back(opts)
     model = backbone.model.to(device)
     new = opts.head == "new"
     head = head_name(model)
