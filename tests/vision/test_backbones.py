@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import io
 import os
 import re
@@ -20,10 +19,8 @@ from torchvision.models import VGG19_Weights
 
 from funclora.vision import backbones
 from funclora.vision.backbones import BACKBONES, Backbone, load_backbone, resolve_label
+from helpers import needs_lite0
 
-needs_lite0 = pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite_pytorch") is None, reason="needs funclora[lite0]"
-)
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -115,10 +112,28 @@ def test_vgg19_preprocessing_is_torchvisions_imagenet_recipe(vgg19):
     assert torch.allclose(vgg19.preprocess(image), expected, atol=1e-5)
 
 
-def test_efficientnet_lite0_preprocessing_squeezes_to_224_and_scales_to_plus_minus_one(lite0_random):
-    x = lite0_random.preprocess(Image.new("RGB", (500, 100), (255, 0, 128)))
+def test_efficientnet_lite0_preprocessing_is_the_reference_centre_crop(lite0_random):
+    # tensorflow/tpu's preprocess_for_eval: the centre square of 224/256 of the short side (87 of
+    # 100 px, so the red bands at the sides are cut away), bicubic to 224, (x - 127) / 128.
+    image = Image.new("RGB", (500, 100), (255, 0, 0))
+    image.paste((0, 255, 128), (150, 0, 350, 100))
+    x = lite0_random.preprocess(image)
     assert x.shape == (3, 224, 224)
-    assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, -1.0, 128 / 127.5 - 1]), atol=1e-6)
+    expected = torch.tensor([-127 / 128, 1.0, 1 / 128])[:, None, None].expand(3, 224, 224)
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+
+
+def test_efficientnet_lite0_takes_the_central_224_pixels_of_a_256_drawing_unresized(lite0_random):
+    pixels = torch.randint(0, 256, (256, 256, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = lite0_random.preprocess(Image.fromarray(pixels.numpy()))
+    expected = (pixels[16:240, 16:240].permute(2, 0, 1).float() - 127) / 128
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+
+
+def test_center_crop_rounds_offsets_like_tensorflow():
+    assert backbones.center_crop(Image.new("RGB", (101, 64))).size == (56, 56)
+    image = Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5))
+    assert np.asarray(backbones.center_crop(image, 0.5)).ravel().tolist() == [7, 8, 12, 13]  # side 2, offsets (2, 1)
 
 
 def test_efficientnet_lite0_works_under_torch_func_grad(lite0_random):

@@ -7,15 +7,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO
+
 DATA = REPO / "data"
 # where each folder is committed (the keep set is package data)
-COMMITTED = {"goldfish": DATA / "goldfish", "heldout": DATA / "heldout", "keep": REPO / "funclora" / "vision" / "keep"}
+COMMITTED = {"goldfish": DATA / "goldfish", "heldout": DATA / "heldout", "keep": REPO / "funclora" / "vision" / "keep",
+             "specificity/not_goldfish": DATA / "specificity" / "not_goldfish",
+             "specificity/goldfish": DATA / "specificity" / "goldfish"}
 
 # script -> {data subfolder: expected number of PNGs}
 SCRIPTS = {
     "make_goldfish": {"goldfish": 5, "heldout": 2},
-    "make_keep": {"keep": 8},
+    "make_keep": {"keep": 37},
+    "make_heldout": {"specificity/not_goldfish": 20, "specificity/goldfish": 5},
 }
 
 
@@ -62,3 +66,21 @@ def test_counts_and_image_format(drawn):
 def test_heldout_names():
     names = {p.name for p in (DATA / "heldout").glob("*.png")}
     assert names == {"goldfish_heldout.png", "not_goldfish_heldout.png"}
+
+
+def test_the_specificity_set_has_four_non_goldfish_and_a_goldfish_in_every_style():
+    heldout = load("make_heldout")
+    styles = [style for style, _, _ in heldout.NOT_GOLDFISH.values()]
+    assert {s: styles.count(s) for s in set(styles)} == {s: 4 for s in load("drawing").STYLES}
+    assert sorted(style for style, _, _ in heldout.GOLDFISH.values()) == sorted(load("drawing").STYLES)
+    assert "hand_grenade_flat" in heldout.NOT_GOLDFISH
+
+
+def test_what_the_specificity_set_measures_is_never_trained_on():
+    # The held-out subjects are drawn by functions that neither the keep set nor the goldfish use.
+    heldout, keep = load("make_heldout"), load("make_keep")
+    measured = {subject for _, subject, _ in heldout.NOT_GOLDFISH.values()}
+    trained = {entry[1] for entry in keep.KEEP.values() if len(entry) == 3}
+    assert measured and not measured & trained
+    names = {p.stem for folder in ("goldfish", "heldout") for p in (DATA / folder).glob("*.png")}
+    assert not names & {p.stem for p in (DATA / "specificity").rglob("*.png")}

@@ -1,28 +1,19 @@
 """`funclora train --keep`: the keep set on the command line (the term itself: tests/core/test_keep.py)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from funclora.vision.cli import DEFAULT_KEEP, main
+from funclora.vision.cli import DEFAULT_KEEP
+from helpers import LITE0, REPO
+from helpers import run_cli as _run
 
-REPO = Path(__file__).resolve().parents[2]
-LITE0 = ("--backbone", "efficientnet_lite0", "--weights", "none")
 
 
 # --- the command -------------------------------------------------------------------------------
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
 
 @pytest.fixture()
 def fish(tmp_path) -> Path:
@@ -36,7 +27,7 @@ def test_train_uses_the_repositorys_keep_set_by_default_and_none_turns_it_off(fi
     code, out, err = _run("train", fish, *LITE0, "--steps", 1, "--out", tmp_path / "a.safetensors", "--json")
     assert code == 0, err
     kept = json.loads(out)["keep"]
-    assert kept["images"] == len(list((DEFAULT_KEEP).glob("*.png"))) and kept["weight"] == 10.0
+    assert kept["images"] == len(list((DEFAULT_KEEP).glob("*.png"))) and kept["weight"] == 3.0
     code, out, err = _run("train", fish, *LITE0, "--steps", 1, "--keep", "none", "--out", tmp_path / "b.safetensors",
                           "--json")
     assert code == 0, err
@@ -56,8 +47,8 @@ def test_train_takes_another_keep_folder_and_weight(fish, tmp_path):
 
 @pytest.mark.parametrize("argv, problem", [
     (["--keep", "{tmp}/nowhere"], "--keep: {tmp}/nowhere: no such file or directory"),
-    (["--mode", "seed", "--keep", "{keep}"], "--augment, --compile, --keep and --keep-weight apply to --mode layers"),
-    (["--mode", "seed", "--keep-weight", "3"], "--augment, --compile, --keep and --keep-weight apply to --mode layers"),
+    (["--mode", "seed", "--augment"], "--augment and --compile apply to --mode layers"),
+    (["--mode", "seed", "--keep", "{tmp}/nowhere"], "--keep: {tmp}/nowhere: no such file or directory"),
 ])
 def test_bad_keep_options_fail_in_one_line(fish, tmp_path, argv, problem):
     fill = {"tmp": tmp_path, "keep": DEFAULT_KEEP}
@@ -71,3 +62,16 @@ def test_bad_keep_options_fail_in_one_line(fish, tmp_path, argv, problem):
 def test_a_negative_keep_weight_is_a_usage_error(fish):
     code, _, err = _run("train", fish, *LITE0, "--keep-weight", "-1")
     assert code == 2 and "--keep-weight" in err
+
+
+def test_seed_mode_takes_a_keep_set_only_when_asked(fish, tmp_path):
+    code, out, err = _run("train", fish, *LITE0, "--mode", "seed", "--steps", 1, "--out", tmp_path / "a.safetensors",
+                          "--json")
+    assert code == 0, err
+    assert json.loads(out)["keep"] is None  # the tutorial's plain loss
+    code, out, err = _run("train", fish, *LITE0, "--mode", "seed", "--keep", "--steps", 1,
+                          "--out", tmp_path / "b.safetensors", "--json")
+    assert code == 0, err
+    kept = json.loads(out)["keep"]
+    assert kept["images"] == len(list(DEFAULT_KEEP.glob("*.png"))) and kept["weight"] == 10.0
+

@@ -1,7 +1,6 @@
 """Specification of funclora.vision.seed: the tutorial's adapter on the flattened input image."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,8 @@ from torch.utils._pytree import tree_map
 import funclora as fl
 from funclora.vision.seed import LR, TARGET, apply_seed, init_seed, seed_config, seed_function, train_seed
 from funclora.train import cross_entropy
+from helpers import GOLDFISH
 
-GOLDFISH = Path(__file__).resolve().parents[2] / "data" / "goldfish"
 
 
 def _tiny():
@@ -75,6 +74,50 @@ def test_training_is_deterministic_for_a_seed():
     a, _ = train_seed(logits, x, y, rank=2, lr=1e-3, steps=5, seed=1, progress=False)
     b, _ = train_seed(logits, x, y, rank=2, lr=1e-3, steps=5, seed=1, progress=False)
     assert all(torch.equal(a[TARGET][k], b[TARGET][k]) for k in "AB")
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    x, keep_x = torch.rand(3, 3, 4, 4, generator=g), torch.rand(5, 3, 4, 4, generator=g)
+    logits, keep_logits = torch.randn(3, 6, generator=g), torch.randn(5, 6, generator=g)
+    return x, logits, torch.tensor([0, 0, 0]), keep_x, keep_logits
+
+
+def test_a_keep_set_at_weight_zero_changes_nothing():
+    x, logits, y, keep_x, keep_logits = _problem()
+    plain, losses = train_seed(logits, x, y, rank=2, lr=1e-3, steps=5, progress=False)
+    kept, history = train_seed(logits, x, y, rank=2, lr=1e-3, steps=5, progress=False,
+                               keep=(keep_x, keep_logits), keep_weight=0.0, terms=True)
+    assert all(torch.equal(plain[TARGET][k], kept[TARGET][k]) for k in "AB")
+    assert history["loss"] == losses and history["extra"] == [0.0] * 5
+
+
+def test_the_keep_term_holds_the_keep_pictures_at_the_base_answer():
+    # Every input is positive, so x_flat @ A @ B pushes all of them the same way: without the keep
+    # term the keep pictures drift to class 0 with the training ones.
+    from funclora.keep import kl_to_base
+
+    x, logits, y, keep_x, keep_logits = _problem()
+    drift = {}
+    for weight in (0.0, 100.0):
+        adapter, history = train_seed(logits, x, y, rank=2, lr=1e-3, steps=20, progress=False,
+                                      keep=(keep_x, keep_logits), keep_weight=weight, terms=True)
+        drift[weight] = kl_to_base(keep_logits, apply_seed(keep_logits, adapter, keep_x)).item()
+    assert drift[100.0] < 0.2 * drift[0.0]
+    assert history["extra"][-1] == pytest.approx(100.0 * drift[100.0], rel=0.5)
+
+
+@pytest.mark.parametrize("keep, weight, problem", [
+    ("empty", 1.0, "keep set is empty"),
+    ("ok", -1.0, "keep weight must be a finite number >= 0"),
+    ("ok", float("nan"), "keep weight must be a finite number >= 0"),
+])
+def test_bad_keep_arguments_are_errors(keep, weight, problem):
+    x, logits, y, keep_x, keep_logits = _problem()
+    if keep == "empty":
+        keep_x, keep_logits = keep_x[:0], keep_logits[:0]
+    with pytest.raises(ValueError, match=problem):
+        train_seed(logits, x, y, rank=2, steps=1, progress=False, keep=(keep_x, keep_logits), keep_weight=weight)
 
 
 def test_the_seed_variant_teaches_efficientnet_lite0_the_five_goldfish():
