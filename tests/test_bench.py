@@ -43,3 +43,14 @@ def test_a_rank_sweep_plots_time_against_counted_flops(tmp_path):
 def test_bad_arguments_are_refused_in_one_line():
     bad = subprocess.run([sys.executable, str(SCRIPT), "--variants", "forward,nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown ['nope']" in bad.stderr
+
+
+def test_many_compares_k_at_once_with_k_in_a_row(tmp_path):
+    path = tmp_path / "scale.json"
+    out = subprocess.run([sys.executable, str(SCRIPT), "--many", "1,2", "--workloads", "head", "--size", "32",
+                          "--batch", "2", "--rounds", "1", "--steps", "1", "--threads", "1", "--json", str(path)],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    assert "| workload | K | K in a row | K at once |" in out
+    rows = json.loads(path.read_text())["many"]["rows"]
+    assert [(r["workload"], r["k"]) for r in rows] == [("head", 1), ("head", 2)]
+    assert all("error" not in r and r["at_once_s"] > 0 and r["at_once_mb"] > 0 for r in rows), rows

@@ -61,11 +61,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError, OSError) as error:
-        print(f"funclora: error: {_one_line(error)}", file=sys.stderr)
+        print(f"funclora: error: {_rank_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("funclora: interrupted (no adapter saved)", file=sys.stderr)
         return 130
+
+
+def _rank_line(error: BaseException) -> str:
+    """The error in one line; under torchrun prefixed "rank R of N:", and a collective that failed
+    because another rank died or went silent says so (funclora.distributed.explain)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _one_line(error)
+    from .. import distributed
+
+    world = distributed.World(int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"]), torch.device("cpu"))
+    text = distributed.explain(error, world)
+    return text if "stopped: another rank" in text else f"rank {world.rank} of {world.size}: {_one_line(error)}"
 
 
 # ------------------------------------------------------------------------------------ parser ---

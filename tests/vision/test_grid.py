@@ -101,3 +101,14 @@ def test_torchrun_two_processes_train_the_same_adapter_as_one(tmp_path):
     # gradient's size, which magnifies that rounding where a gradient is near eps (seen: 1 of 8000
     # elements of B 5e-6 apart; the core test holds 1e-5 relative on a problem without such elements).
     _close(fl.load(tmp_path / "two.safetensors")[0], fl.load(tmp_path / "one.safetensors")[0], rtol=1e-3, atol=2e-5)
+
+
+def test_under_torchrun_an_error_line_names_the_rank(monkeypatch):
+    from funclora.vision.cli import _rank_line
+
+    assert _rank_line(ValueError("cannot read a.png")) == "cannot read a.png"  # not under torchrun
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _rank_line(ValueError("cannot read a.png")) == "rank 1 of 2: cannot read a.png"
+    lost = _rank_line(RuntimeError("[gloo/pair.cc:534] Connection closed by peer [127.0.0.1]:5. This is typically"))
+    assert lost.startswith("rank 1 of 2: stopped: another rank failed or gave no answer")
