@@ -13,6 +13,7 @@ from .head import headless, new_head, with_head
 from .io import load, load_modules, read_metadata, save
 from .keep import keep_term
 from .lora import Lora, check_lora, delta_weight, init_lora, merge, unmerge
+from .many import fit_many, pad_rank, stack, unstack
 from .optim import Optimizer, adam, adamw, apply_updates, chain, clip_by_global_norm, sgd
 from .params import FrozenParams, count, freeze, summary
 from .peft import from_peft, to_peft
@@ -30,5 +31,6 @@ __all__ = [
     "FrozenParams", "count", "freeze", "summary",
     "from_peft", "to_peft",
     "fit", "fit_batches", "make_loss", "make_step", "keep_term",
+    "fit_many", "pad_rank", "stack", "unstack",
 ]
 __version__ = "0.1.0"

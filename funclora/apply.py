@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
+from functools import cache, partial
 from typing import Protocol
 
 import torch
@@ -107,6 +107,8 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
         batch, exactly as `model.train()(x)` would update them (torch's own update), in eval mode
         the base's own. Nothing is written anywhere else; `FrozenParams({**base, **buffers})`
         keeps them. (Under vmap, use mutable=False: per-example statistics are not defined.)
+      adapter_index: with lora = `fl.stack(loras)`, example n runs adapter adapter_index[n] (the
+        mixed-adapter batch, `funclora.many.per_example`; eval mode).
 
     The model is not modified: f runs structural copies (one per mode) whose tensors are the
     model's own (no weights are copied) and whose targeted layers carry the LoRA path.
@@ -121,7 +123,14 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
     buffers = [name for name, _ in model.named_buffers()]
 
     def f(base: Mapping[str, torch.Tensor], lora: Lora | None, x: torch.Tensor, *,
-          train: bool = False, seed: int | None = None, mutable: bool = False):
+          train: bool = False, seed: int | None = None, mutable: bool = False,
+          adapter_index: torch.Tensor | None = None):
+        if adapter_index is not None:  # lora is fl.stack(loras): example n runs adapter_index[n]
+            if train or mutable:
+                raise ValueError("adapter_index (mixed-adapter inference) runs in eval mode: "
+                                 "pass train=False, mutable=False")
+            from .many import per_example
+            return per_example(f, base, lora, x, adapter_index)
         params = tensors(base, lora)
         if not train:
             out = functional_call(shells["eval"], params, (x,))
@@ -134,6 +143,13 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
         with _seeded(seed, x.device):
             out = functional_call(shells["train+stats" if mutable else "train"], params, (x,))
         return (out, {name: params[name].detach() for name in buffers}) if mutable else out
+
+    # What funclora.many vmaps over adapters: "fused" layers on the "activation" path, so that no
+    # dense frozen weight is merged per adapter (vmap would make each such convolution a K-group
+    # one); "weight" layers (depthwise, few channels) stay merged: K merged depthwise weights are
+    # one depthwise conv over K·C channels, no dearer than the base, and no rank-r·C activation.
+    f.vmappable = cache(lambda: functional(model, cfg, strategy={
+        n: "activation" if s == "fused" else s for n, s in how.items()}))
 
     return f
 

@@ -34,6 +34,7 @@ from torch.func import functional_call
 from .config import LoraConfig, find_targets
 from .apply import AUTO, adapted_shell, functional, plan
 from .lora import Lora
+from .messages import one_line as _one_line
 
 __all__ = ["split", "NoCacheWarning", "Features"]
 
@@ -233,8 +234,3 @@ def _paths(module: nn.Module) -> set[str]:
 def _only(tensors: Mapping[str, torch.Tensor], paths: set[str]) -> dict:
     """The entries of `tensors` that belong to a module of the split graph (functional_call refuses others)."""
     return {k: v for k, v in tensors.items() if k.rpartition(".")[0] in paths}
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
+
+from .io import write_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "check_settings", "FORMAT"]
 
@@ -60,14 +61,7 @@ def save_checkpoint(folder: str | os.PathLike, step: int, tree: Any, *, settings
     header = {"format": FORMAT, "step": str(step), "treespec": treespec_dumps(spec),
               "plain": json.dumps(plain), "settings": json.dumps(dict(settings or {}), sort_keys=True)}
     path = folder / f"step-{step:09d}.safetensors"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     for old in _checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

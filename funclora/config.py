@@ -44,7 +44,8 @@ class LoraConfig:
     targets: module names or fnmatch patterns over `model.named_modules()`; a pattern selects
         the Linear and Conv2d modules it matches, `ALL` ("*") selects every one.
     alpha: defaults to `rank`, i.e. scale alpha/rank = 1.
-    init: how A is drawn ("gaussian": N(0, 1/rank); "kaiming": PEFT's default); B is always zero.
+    init: how A is drawn ("gaussian": normal with standard deviation 1/rank, as PEFT's
+        "gaussian"; "kaiming": PEFT's default, uniform within 1/sqrt(fan_in)); B is always zero.
     rank_pattern / alpha_pattern: per-layer overrides (name or pattern -> value), as in PEFT;
         stored as tuples of (key, value) pairs so that the config stays hashable.
     use_rslora: scale alpha/sqrt(rank) instead of alpha/rank (rank-stabilised LoRA).

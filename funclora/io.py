@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -48,11 +48,16 @@ def save(path: str | os.PathLike, lora: Lora, cfg: LoraConfig,
                         for name, parts in modules.items() for part, t in parts.items()})
         extra[MODULES] = json.dumps(sorted(modules))
     header = {"format": FORMAT, "config": cfg.to_json(), **{k: str(v) for k, v in extra.items()}}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """`write(tmp)` to a temporary file in `path`'s folder, then rename it to `path`: a failed
+    write leaves no file and never a half-written one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=header)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

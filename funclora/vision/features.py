@@ -33,19 +33,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..io import write_atomic as _write_atomic
 from .images import load_batch
 
-__all__ = ["default_cache", "setting_key", "content_hash", "tensors_hash", "cached_features", "FeatureFiles"]
+__all__ = ["default_cache", "setting_key", "content_hash", "tensors_hash", "cached_features", "FeatureFiles",
+           "BATCH"]
+
+
+class _BatchSize:
+    """Stands for the batch's size among an image's features (a traced `x.size(0)`): `collate`
+    puts the number of images of each batch in its place."""
+
+    def __repr__(self) -> str:
+        return "BATCH"
+
+
+BATCH = _BatchSize()
 
 
 def default_cache() -> Path:
@@ -105,34 +117,34 @@ def cached_features(paths: Sequence[Path], prefix: Callable[[torch.Tensor], tupl
         for chunk in todo:
             x = load_batch([paths[i] for i in chunk], preprocess).to(device)
             feats = prefix(x)
-            _check_per_image(feats, len(chunk))
+            plain = _plain_features(feats, len(chunk))
             for j, i in enumerate(chunk):
                 if i in missing and not files[i].exists():  # a duplicate image is written once
                     files[i].parent.mkdir(exist_ok=True)
-                    one = {str(k): t[j].to("cpu").contiguous().clone() for k, t in enumerate(feats)}
-                    _write_atomic(files[i], lambda tmp, one=one: save_file(one, tmp))
+                    one = {str(k): t[j].to("cpu").contiguous().clone() for k, t in enumerate(feats)
+                           if isinstance(t, torch.Tensor)}
+                    _write_atomic(files[i], lambda tmp, one=one: save_file(one, tmp, metadata={"plain": plain}))
                     made += 1
             bar.update(len(chunk))
     bar.close()
     return files, made
 
 
-def _check_per_image(feats: tuple, n: int) -> None:
+def _plain_features(feats: tuple, n: int) -> str:
+    """JSON {position: "batch" | number} of the features that are not per-image tensors: the batch
+    size (a traced x.size(0)), or a constant (a spatial size). ValueError for anything else."""
+    plain = {}
     for k, t in enumerate(feats):
-        if not (isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == n):
-            raise ValueError(f"feature {k} is not a per-image batch ({type(t).__name__} "
-                             f"{tuple(getattr(t, 'shape', ()))}); this cut cannot be cached on disk")
-
-
-def _write_atomic(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if isinstance(t, torch.Tensor):
+            if not (t.dim() >= 1 and t.shape[0] == n):
+                raise ValueError(f"feature {k} is not a per-image batch (shape {tuple(t.shape)} for {n} images); "
+                                 f"this cut cannot be cached on disk (--cache none)")
+        elif isinstance(t, int) and not isinstance(t, bool):
+            # Ambiguous when a chunk has as many images as the constant: chunks of 1 would tell.
+            plain[str(k)] = "batch" if t == n else t
+        else:
+            raise ValueError(f"feature {k} is a {type(t).__name__}; this cut cannot be cached on disk (--cache none)")
+    return json.dumps(plain)
 
 
 class FeatureFiles(Dataset):
@@ -145,5 +157,12 @@ class FeatureFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        tensors = load_file(self.files[i])
-        return tuple(tensors[str(k)] for k in range(len(tensors))), self.labels[i]
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[i]), framework="pt") as fh:
+            plain = json.loads((fh.metadata() or {}).get("plain", "{}"))
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        count = len(tensors) + len(plain)
+        feats = tuple(tensors[str(k)] if str(k) in tensors else (BATCH if plain[str(k)] == "batch" else plain[str(k)])
+                      for k in range(count))
+        return feats, self.labels[i]

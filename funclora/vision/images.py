@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..messages import one_line as _one_line
+
 __all__ = ["IMAGE_SUFFIXES", "list_images", "load_image", "load_batch"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -148,11 +150,6 @@ def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
         # No known range (negative or huge values): stretch what is there.
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def load_batch(

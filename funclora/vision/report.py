@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..messages import cut
 from .images import load_image
 
 __all__ = ["TOP", "image_row", "write_report", "plot_loss", "plot_before_after"]
@@ -154,7 +155,7 @@ def plot_before_after(rows: Sequence[Mapping], target: int, classes: Sequence[st
         thumb.set_xticks([])
         thumb.set_yticks([])
         tag = "trained on" if row["group"] == "train" else "keep set"
-        thumb.set_xlabel(_cut(Path(row["path"]).name, 34), fontsize=6.5)
+        thumb.set_xlabel(cut(Path(row["path"]).name, 34, "…"), fontsize=6.5)
         if row["group"] != group:  # label each group once, on its first image
             thumb.set_title(tag, fontsize=10, loc="left", fontweight="bold", color="#495057")
             group = row["group"]
@@ -168,7 +169,7 @@ def plot_before_after(rows: Sequence[Mapping], target: int, classes: Sequence[st
 
 def _bars(ax, probs: torch.Tensor, target: int, classes: Sequence[str], p_target: float) -> None:
     values, indices = probs.topk(min(TOP, probs.shape[-1]))
-    labels = [_cut(classes[i], 24) for i in indices.tolist()]
+    labels = [cut(classes[i], 24, "…") for i in indices.tolist()]
     colours = [_TARGET if i == target else _OTHER for i in indices.tolist()]
     ys = range(len(labels))[::-1]  # highest on top
     ax.barh(list(ys), [1.0] * len(labels), color="#f1f3f5", height=0.7)  # the 0..1 track
@@ -179,7 +180,7 @@ def _bars(ax, probs: torch.Tensor, target: int, classes: Sequence[str], p_target
         ax.text(1.15, y, f"{v:.2f}", va="center", ha="right", fontsize=8, fontweight=weight, color="#212529")
     if target not in indices.tolist():  # say where the target is, so "not in the top 3" is visible
         shown = f"{p_target:.3f}" if p_target >= 0.001 else "< 0.001"
-        ax.set_xlabel(f"p({_cut(classes[target], 18)}) {'= ' * (p_target >= 0.001)}{shown}", fontsize=7,
+        ax.set_xlabel(f"p({cut(classes[target], 18, '…')}) {'= ' * (p_target >= 0.001)}{shown}", fontsize=7,
                       color=_TARGET, labelpad=1)
     ax.set_xlim(0, 1.16)  # the bars fill 0..1, their values sit to the right
     ax.set_ylim(-0.6, len(labels) - 0.4)
@@ -194,7 +195,3 @@ def _thumbnail(path: Path):
     image = load_image(path)
     image.thumbnail((160, 160))
     return image
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -96,6 +96,7 @@ class TrainOptions:
     resume: bool = False
     device: str = "auto"
     dtype: str = "float32"
+    world: Any = None  # funclora.distributed.World under torchrun: data-parallel, rank 0 writes
 
 
 def train(opts: TrainOptions) -> dict:
@@ -109,6 +110,9 @@ def train(opts: TrainOptions) -> dict:
         raise ValueError(f"--out {opts.out}: is a folder (expected the adapter's file name, e.g. "
                          f"{Path(opts.out) / 'adapter.safetensors'})")
     if is_class_folder(opts.images):
+        if opts.world is not None and opts.world.size > 1:
+            raise ValueError("torchrun: data-parallel training of class-folder datasets is not built yet; "
+                             "a flat folder of images (or a grid of them) trains data-parallel")
         return train_dataset(opts)
     dataset_only = {"--head new": opts.head != "imagenet", "--epochs": opts.epochs is not None,
                     "--val": opts.val is not None, "--val-split": opts.val_split is not None,
@@ -217,9 +221,21 @@ def train_images(opts: TrainOptions) -> dict:
             from .images import load_image
 
             run, batches = f, augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=opts.seed)
-        lora, history = fit(run, base, init_lora(model, cfg, seed=opts.seed), batches, y,
-                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
-                            progress=progress, terms=True, compile=opts.compile)
+        lora = init_lora(model, cfg, seed=opts.seed)
+        world = opts.world
+        if world is not None and world.size > 1:  # each process its share of the batch, one all-reduce a step
+            from .. import distributed
+
+            if opts.compile:
+                raise ValueError("--compile: not under torchrun (the data-parallel step is not compiled)")
+            lora, history = distributed.fit(run, base, distributed.broadcast(lora, world), batches, y,
+                                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
+                                            progress=progress, terms=True, world=world)
+            if world.rank != 0:  # rank 0 alone evaluates, writes and prints
+                return None
+        else:
+            lora, history = fit(run, base, lora, batches, y, opt=adam(settings["lr"]), steps=settings["steps"],
+                                extra=extra, progress=progress, terms=True, compile=opts.compile)
         with torch.no_grad():  # with the merged weights, as `predict` runs it (and merge checks they are finite)
             merged = merge(base, lora, cfg)
             after = f(merged, None, x)
@@ -228,6 +244,8 @@ def train_images(opts: TrainOptions) -> dict:
         history = {"loss": history["loss"], "train": history["train"],
                    **({"keep": history["extra"]} if keep else {})}
     else:
+        if opts.world is not None and opts.world.size > 1:
+            raise ValueError("--mode seed runs in one process (not under torchrun)")
         with torch.no_grad():
             before = model(x)
             if keep_paths:
@@ -371,7 +389,8 @@ def train_dataset(opts: TrainOptions) -> dict:
         val_paths, val_labels = [paths[i] for i in val_idx], [labels[i] for i in val_idx]
         paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
     progress = not opts.quiet
-    say = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
+    say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else (lambda text: None)
+    note = lambda text: print(text, file=sys.stderr)  # noqa: E731  (one line, shown even with --quiet)
 
     backbone = load_or_fall_back(opts)
     model = backbone.model.to(device)
@@ -409,8 +428,12 @@ def train_dataset(opts: TrainOptions) -> dict:
             return feats[0]
     full = functional(body, cfg) if targets else (lambda base, lora, x: functional_call(body, dict(base), (x,)))
     cached = not opts.augment and str(opts.cache).strip().lower() != "none"
+    if cached and _features_outgrow_images(prefix, base, backbone.preprocess, paths[0], device):
+        note("features: the adapters start at the input, so the frozen prefix's features are larger than the "
+            "images; nothing is cached on disk")
+        cached = False
     if opts.augment:
-        say("--augment: the images change at every step, so no features are cached (each step runs the whole model)")
+        note("--augment: the images change at every step, so no features are cached (each step runs the whole model)")
 
     def with_precision(g):
         def run(base, params, x):
@@ -433,13 +456,17 @@ def train_dataset(opts: TrainOptions) -> dict:
 
         def run_prefix(x):
             with autocast(device, dtype):
-                return tuple(t.float() if t.is_floating_point() else t for t in prefix(base, x))
+                return tuple(t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                             for t in prefix(base, x))
+        began = time.perf_counter()
         files, made = cached_features(paths + val_paths, run_prefix, backbone.preprocess, cache_dir, key,
                                       setting=setting, batch_size=opts.batch_size, device=device, progress=progress)
+        feature_seconds = time.perf_counter() - began
         data_hashes = [f.stem for f in files]
         train_data = FeatureFiles(files[:len(paths)], labels)
         val_data = FeatureFiles(files[len(paths):], val_labels) if val_paths else None
-        cache_note = {"folder": str(cache_dir / key), "computed": made, "reused": len(files) - made}
+        cache_note = {"folder": str(cache_dir / key), "computed": made, "reused": len(files) - made,
+                      "seconds": round(feature_seconds, 3)}
     else:
         from .data import ImageFiles
 
@@ -477,7 +504,7 @@ def train_dataset(opts: TrainOptions) -> dict:
         best = tree["best"]
         torch.set_rng_state(tree["rng"]["torch"].cpu())
         done = info["step"]
-        say(f"resuming from {found} (step {done} of {total})")
+        note(f"resuming from {found} (step {done} of {total})")
 
     def checkpoint(step: int, params, state) -> None:
         tree = {"params": params, "state": state, "losses": list(losses), "log": list(log), "best": best,
@@ -493,7 +520,8 @@ def train_dataset(opts: TrainOptions) -> dict:
         nonlocal best
         val = evaluate(params)
         steps = losses[epoch * per_epoch:(epoch + 1) * per_epoch]
-        log.append({"epoch": epoch + 1, "loss": sum(steps) / len(steps) if steps else None, "val": val})
+        log.append({"epoch": epoch + 1, "loss": sum(steps) / len(steps) if steps else None, "val": val,
+                    "seconds": round(spent.get(epoch, 0.0), 4)})
         if val is not None and (best is None or val["top1"] > best["val"]["top1"]):
             best = {"params": params, "val": val, "epoch": epoch + 1}
         say(f"epoch {epoch + 1}/{epochs}: loss {log[-1]['loss']:.4f}"
@@ -506,11 +534,12 @@ def train_dataset(opts: TrainOptions) -> dict:
                      initial=min(done * opts.batch_size, len(train_data) * epochs), desc="training", unit="img",
                      disable=not progress, leave=False, dynamic_ncols=True, position=1)
     sizes: list[int] = []
+    spent: dict[int, float] = {}  # training seconds per epoch
 
     def sized(batches):
         for x, y in batches:
             sizes.append(len(y))
-            yield (x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)), y.to(device)
+            yield _to(x, device), y.to(device)
 
     def on_step(step: int, params, state, history) -> None:
         losses.append(history["loss"][-1])
@@ -530,9 +559,11 @@ def train_dataset(opts: TrainOptions) -> dict:
         if isinstance(train_data, _Augmented):
             train_data.epoch = epoch
         batches = _loader(train_data, opts.batch_size, opts.seed, epoch, start, opts.workers)
+        began = time.perf_counter()
         params, state, _ = fit_batches(f_train, base, params, sized(itertools.islice(batches, count_here)),
                                        opt=opt, state=state, start=done, on_step=on_step, progress=False,
                                        total=count_here, compile=opts.compile)
+        spent[epoch] = spent.get(epoch, 0.0) + time.perf_counter() - began  # training alone, not val
         done += count_here
         if done == (epoch + 1) * per_epoch or done == total:
             finish_epoch(epoch, params)
@@ -559,6 +590,22 @@ def train_dataset(opts: TrainOptions) -> dict:
             "val": best["val"] if best is not None else None, "best_epoch": best["epoch"] if best else None,
             "loss": losses, "trainable": count(chosen), "seconds": seconds, "cached": cache_note,
             "device": str(device)}
+
+
+def _to(x, device):
+    """A batch (tensor, or tuple of features, some of them plain numbers) on `device`."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in x)
+
+
+def _features_outgrow_images(prefix, base, preprocess, path: Path, device) -> bool:
+    """Whether one image's prefix features hold more numbers than the image itself (nothing to gain)."""
+    from .images import load_batch
+
+    x = load_batch([path], preprocess).to(device)
+    feats = prefix(base, x)
+    return sum(t.numel() for t in feats if isinstance(t, torch.Tensor)) > x.numel()
 
 
 def _check_dataset_options(opts: TrainOptions) -> None:
@@ -622,7 +669,7 @@ def _evaluate(f: Callable, base, params, data, batch_size: int, workers: int, de
     logits, labels = [], []
     with torch.no_grad():
         for x, y in loader(data, batch_size, 0, 0, workers=workers, shuffle=False):
-            x = x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)
+            x = _to(x, device)
             logits.append(f(base, params, x).float().cpu())
             labels.append(y)
     return accuracy(torch.cat(logits), torch.cat(labels))

@@ -9,7 +9,7 @@ a dropped or misplaced scale, or padding on the wrong side, fails here.
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 import funclora as fl
 from funclora.conv import LowRankConv, channels_last, conv_spec, low_rank_conv_grads, merged_weight
@@ -35,20 +35,23 @@ def _merged_by_hand(base, lora, cfg, w=None):
     return w + cfg.scale_for("0") * (b.flatten(1) @ a.flatten(1)).reshape(w.shape)
 
 
+def _weighted_sum(out):
+    """A loss whose output gradient is not symmetric, and lies in out's own memory layout."""
+    weights = torch.empty_like(out).copy_(torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out))
+    return (out * weights).sum()
+
+
 def _reference(model, base, lora, cfg, x, wanted=("A", "B", "x")):
     """Loss and gradients by plain autograd through the layer's own forward on W + s B @ A."""
     a, b = (lora["0"][k].clone().requires_grad_() for k in "AB")
     xr = x.clone().requires_grad_()
     out = functional_call(model, {**base, "0.weight": _merged_by_hand(base, {"0": {"A": a, "B": b}}, cfg)}, (xr,))
-    loss = (out * torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    loss = _weighted_sum(out)
     return loss, dict(zip(wanted, torch.autograd.grad(loss, [{"A": a, "B": b, "x": xr}[k] for k in wanted])))
 
 
 def _loss(f):
-    def loss(base, lora, x):
-        out = f(base, lora, x)
-        return (out * torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)).sum()
-    return loss
+    return lambda base, lora, x: _weighted_sum(f(base, lora, x))
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -91,7 +94,7 @@ def test_the_base_weight_and_bias_may_be_differentiated_too(name):
     a, b = (lora["0"][k].clone().requires_grad_() for k in "AB")
     out = functional_call(model, {**base, "0.weight": _merged_by_hand(base, {"0": {"A": a, "B": b}}, cfg, w),
                                   "0.bias": bias}, (x,))
-    reference = (out * torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    reference = _weighted_sum(out)
     gw, gbias, ga, gb = torch.autograd.grad(reference, (w, bias, a, b))
     for got, want in [(g_base["0.weight"], gw), (g_base["0.bias"], gbias), (g_lora["0"]["A"], ga),
                       (g_lora["0"]["B"], gb)]:
@@ -181,3 +184,21 @@ def test_only_the_gradients_asked_for_are_computed_and_each_is_right(name, needs
         torch.testing.assert_close(got_one, want_one, rtol=1e-10, atol=1e-10)
     grads = low_rank_conv_grads(g, x, w, a, b, 1.7, tuple(conv), tuple(k in needs.split("+") for k in inputs))
     assert [k for k, t in zip(inputs, grads) if t is not None] == needs.split("+")
+
+
+@pytest.mark.parametrize("name", ["plain", "subclass-tap-grouped"])
+def test_vmap_over_a_stack_of_adapters_with_one_input(name):
+    # An ensemble: the adapters are batched, the input is not (so the layer's output is batched
+    # through its weight alone), for values and for gradients.
+    cfg = CONFIGS["alpha"]
+    model, base, lora, x = _case(name, cfg)
+    stack = {"0": {k: torch.stack([v, 2 * v, -v]) for k, v in lora["0"].items()}}
+    f = fl.functional(model, cfg, strategy="fused")
+    outs = vmap(f, in_dims=(None, 0, None))(base, stack, x)
+    grads = vmap(grad(_loss(f), argnums=1), in_dims=(None, 0, None))(base, stack, x)
+    for i in range(3):
+        one = {"0": {k: v[i] for k, v in stack["0"].items()}}
+        torch.testing.assert_close(outs[i], f(base, one, x), rtol=1e-10, atol=1e-10)
+        want = grad(_loss(f), argnums=1)(base, one, x)
+        for k in "AB":
+            torch.testing.assert_close(grads["0"][k][i], want["0"][k], rtol=1e-9, atol=1e-10)

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import funclora as fl
+from helpers import trained
 from layers import layers
 
 
@@ -24,7 +25,7 @@ def test_b_starts_at_zero_and_a_follows_the_chosen_init():
     gaussian = fl.init_lora(model, fl.LoraConfig(rank=4, init="gaussian"))["0"]
     kaiming = fl.init_lora(model, fl.LoraConfig(rank=4, init="kaiming"))["0"]
     assert not gaussian["B"].any() and not kaiming["B"].any()
-    assert gaussian["A"].std().item() == pytest.approx(1 / 4, rel=0.05)  # N(0, 1/r), as PEFT's "gaussian"
+    assert gaussian["A"].std().item() == pytest.approx(1 / 4, rel=0.05)  # std 1/r (variance 1/r²), as PEFT's "gaussian"
     assert kaiming["A"].abs().max().item() <= 1 / 400**0.5  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
 
 
@@ -45,18 +46,12 @@ def test_rank_pattern_gives_per_layer_ranks():
     assert [fl.init_lora(model, cfg)[n]["A"].shape[0] for n in "012"] == [3, 5, 3]
 
 
-def _trained(model, cfg, seed):
-    lora = fl.init_lora(model, cfg, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    return {n: {"A": ab["A"], "B": torch.randn(ab["B"].shape, generator=g)} for n, ab in lora.items()}
-
-
 @given(layers(), st.integers(1, 6), st.integers(0, 2**16), st.booleans())
 def test_unmerge_inverts_merge(case, rank, seed, rslora):
     layer, _ = case
     model = nn.Sequential(layer)
     cfg = fl.LoraConfig(rank=rank, alpha=2.0, use_rslora=rslora)
-    base, lora = fl.freeze(model), _trained(model, cfg, seed)
+    base, lora = fl.freeze(model), trained(model, cfg, seed, scale=1.0)
     merged = fl.merge(base, lora, cfg)
     assert set(merged) == set(base)
     assert not torch.equal(merged["0.weight"], base["0.weight"])
@@ -69,7 +64,7 @@ def test_merge_passes_other_tensors_through_untouched():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     cfg = fl.LoraConfig(rank=2, targets=("3",))
     base = fl.freeze(model)
-    merged = fl.merge(base, _trained(model, cfg, 0), cfg)
+    merged = fl.merge(base, trained(model, cfg, 0, scale=1.0), cfg)
     assert all(merged[k] is base[k] for k in base if k != "3.weight")
     with pytest.raises(TypeError):
         merged["3.weight"] = torch.zeros(2, 4)
@@ -78,7 +73,7 @@ def test_merge_passes_other_tensors_through_untouched():
 def test_merge_refuses_non_finite_weights_naming_the_layer():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     cfg = fl.LoraConfig(rank=2)
-    lora = _trained(model, cfg, 0)
+    lora = trained(model, cfg, 0, scale=1.0)
     lora["1"]["B"] = torch.full_like(lora["1"]["B"], float("inf"))
     with pytest.raises(ValueError, match="layer '1'.*not finite"):
         fl.merge(fl.freeze(model), lora, cfg)
@@ -86,7 +81,7 @@ def test_merge_refuses_non_finite_weights_naming_the_layer():
 
 def test_merge_refuses_an_adapter_for_another_model():
     cfg = fl.LoraConfig(rank=2)
-    lora = _trained(nn.Sequential(nn.Linear(4, 4)), cfg, 0)
+    lora = trained(nn.Sequential(nn.Linear(4, 4)), cfg, 0, scale=1.0)
     with pytest.raises(ValueError, match="layer '0'.*another model"):
         fl.merge(fl.freeze(nn.Sequential(nn.Linear(5, 4))), lora, cfg)
     with pytest.raises(ValueError, match="layer '0'.*another model"):
@@ -112,7 +107,7 @@ def _linear_and_conv():
 @pytest.mark.parametrize("use", ["merge", "unmerge", "check_lora"])
 def test_a_config_whose_rank_contradicts_the_tensors_is_refused_not_rescaled(use):
     model = _linear_and_conv()
-    lora = _trained(model, fl.LoraConfig(rank=2), 0)
+    lora = trained(model, fl.LoraConfig(rank=2), 0, scale=1.0)
     for wrong in [fl.LoraConfig(rank=4), fl.LoraConfig(rank=2, rank_pattern={"2": 1})]:
         layer, rank = ("0", 4) if wrong.rank == 4 else ("2", 1)
         shapes = r"A \(2, 6\), B \(4, 2\)" if layer == "0" else r"A \(2, 2, 3, 3\), B \(8, 2, 1, 1\)"
@@ -129,7 +124,7 @@ def test_a_config_whose_rank_contradicts_the_tensors_is_refused_not_rescaled(use
 def test_tensors_of_the_right_rank_but_the_wrong_layout_are_refused(layer, k, shape):
     model = _linear_and_conv()
     cfg = fl.LoraConfig(rank=2)
-    lora = _trained(model, cfg, 0)
+    lora = trained(model, cfg, 0, scale=1.0)
     lora[layer][k] = torch.zeros(shape)
     with pytest.raises(ValueError, match=f"layer '{layer}': adapter shapes"):
         fl.check_lora(model, lora, cfg)
@@ -142,7 +137,7 @@ def test_tensors_of_the_right_rank_but_the_wrong_layout_are_refused(layer, k, sh
 def test_adapter_tensors_that_are_not_floating_point_are_refused(k, dtype):
     model = _linear_and_conv()
     cfg = fl.LoraConfig(rank=2)
-    lora = _trained(model, cfg, 0)
+    lora = trained(model, cfg, 0, scale=1.0)
     lora["2"][k] = lora["2"][k].to(dtype)
     message = rf"layer '2': {k} is {dtype}; adapter tensors must be floating point \(float32"
     with pytest.raises(ValueError, match=message):

@@ -20,17 +20,12 @@ from torch import nn
 
 import funclora as fl
 from funclora.peft import CONFIG_NAME, WEIGHTS_NAME, export_file, import_dir
+from helpers import with_random_b
 from layers import StaticSamePadConv2d
 
 
 def close(got, want):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * max(1.0, want.abs().max().item()))
-
-
-def trained(lora, seed=1):
-    """An adapter as after training: B no longer zero."""
-    g = torch.Generator().manual_seed(seed)
-    return {n: {"A": ab["A"], "B": torch.randn(ab["B"].shape, generator=g) / 4} for n, ab in lora.items()}
 
 
 def peft_load(model, directory, caplog):
@@ -68,7 +63,7 @@ def test_vgg19_adapter_loads_into_peft_and_computes_the_same_unmerged_and_merged
     model = torchvision.models.vgg19().eval()
     cfg = fl.LoraConfig(rank=4, alpha=8, targets=("features.0", "features.2", "features.5", "classifier.*"),
                         rank_pattern={"classifier.6": 2}, alpha_pattern={"features.*": 2})
-    lora = trained(fl.init_lora(model, cfg, seed=0))
+    lora = with_random_b(fl.init_lora(model, cfg, seed=0), seed=1, scale=0.25)
     x = torch.randn(2, 3, 32, 32)
     want = fl.functional(model, cfg)(fl.freeze(model), lora, x)
     fl.to_peft(lora, cfg, tmp_path, model=model, base_model_name_or_path="vgg19")
@@ -132,7 +127,7 @@ def test_conv2d_kinds_peft_supports_translate_both_ways(make, tmp_path, caplog):
     base = fl.freeze(model)
 
     cfg = fl.LoraConfig(rank=3, alpha=5)
-    lora = trained(fl.init_lora(model, cfg))
+    lora = with_random_b(fl.init_lora(model, cfg, seed=0), seed=1, scale=0.25)
     want = fl.functional(model, cfg)(base, lora, x)
     fl.to_peft(lora, cfg, tmp_path / "out", model=model)
     pm = peft_load(copy.deepcopy(model), tmp_path / "out", caplog)
@@ -201,7 +196,7 @@ def nested():
 def test_names_that_peft_would_match_as_suffixes_are_written_exactly(tmp_path, caplog):
     model, x = nested().eval(), torch.randn(5, 4)
     only_outer = fl.LoraConfig(rank=2, targets=("head",))
-    lora = trained(fl.init_lora(model, only_outer))
+    lora = with_random_b(fl.init_lora(model, only_outer), seed=1, scale=0.25)
     fl.to_peft(lora, only_outer, tmp_path / "outer", model=model)
     assert json.loads((tmp_path / "outer" / CONFIG_NAME).read_text())["target_modules"] == "head"  # fullmatch
     pm = peft_load(copy.deepcopy(model), tmp_path / "outer", caplog)
@@ -209,7 +204,7 @@ def test_names_that_peft_would_match_as_suffixes_are_written_exactly(tmp_path, c
     close(pm(x), fl.functional(model, only_outer)(fl.freeze(model), lora, x))
 
     both = fl.LoraConfig(rank=3, rank_pattern={"head": 2})  # 'head' only: 'block.head' keeps rank 3
-    lora = trained(fl.init_lora(model, both))
+    lora = with_random_b(fl.init_lora(model, both), seed=1, scale=0.25)
     fl.to_peft(lora, both, tmp_path / "both", model=model)
     assert json.loads((tmp_path / "both" / CONFIG_NAME).read_text())["rank_pattern"] == {"^head": 2}
     pm = peft_load(copy.deepcopy(model), tmp_path / "both", caplog)
@@ -326,7 +321,7 @@ def test_from_peft_names_missing_or_unreadable_files(tmp_path):
 
 def test_cli_helpers_convert_files_both_ways(tmp_path, caplog):
     model, cfg = linear().eval(), fl.LoraConfig(rank=2, targets=("0",))
-    lora = trained(fl.init_lora(model, cfg))
+    lora = with_random_b(fl.init_lora(model, cfg, seed=0), seed=1, scale=0.25)
     fl.save(tmp_path / "a.safetensors", lora, cfg, metadata={"backbone": "toy"})
     export_file(tmp_path / "a.safetensors", tmp_path / "peft", model, base_model_name_or_path="toy")
     peft_load(copy.deepcopy(model), tmp_path / "peft", caplog)

@@ -208,3 +208,46 @@ def test_compile_runs_the_same_steps_under_torch_compile():
     for n in lora:
         for k in "AB":
             torch.testing.assert_close(compiled[n][k], eager[n][k], rtol=1e-5, atol=1e-6)
+
+
+def test_fit_batches_on_the_same_batch_every_step_is_fit():
+    model, cfg, base, f, x, y = _problem()
+    lora = fl.init_lora(model, cfg)
+    expected, losses = fit(f, base, lora, x, y, opt=fl.adam(1e-2), steps=4, progress=False)
+    got, state, history = fl.fit_batches(f, base, lora, [(x, y)] * 4, opt=fl.adam(1e-2), progress=False)
+    assert _bitwise_equal(got, expected) and history["loss"] == losses
+
+
+def test_fit_batches_continues_from_a_state_and_numbers_steps_from_start():
+    model, cfg, base, f, x, y = _problem()
+    lora, opt = fl.init_lora(model, cfg), fl.adam(1e-2)
+    whole, _, whole_history = fl.fit_batches(f, base, lora, [(x[:4], y[:4]), (x[4:], y[4:])] * 2, opt=opt,
+                                             progress=False)
+    half, state, _ = fl.fit_batches(f, base, lora, [(x[:4], y[:4]), (x[4:], y[4:])], opt=opt, progress=False)
+    seen = []
+    rest, _, history = fl.fit_batches(f, base, half, [(x[:4], y[:4]), (x[4:], y[4:])], opt=opt, state=state,
+                                      start=2, on_step=lambda step, *_: seen.append(step), progress=False)
+    assert _bitwise_equal(rest, whole) and history["loss"] == whole_history["loss"][2:] and seen == [3, 4]
+
+
+def test_the_reduce_hook_sees_every_gradient_before_the_optimizer():
+    model, cfg, base, f, x, y = _problem()
+    seen = []
+
+    def halve(grads):
+        seen.append(grads)
+        return tree_map(lambda g: g / 2, grads)
+
+    lora = fl.init_lora(model, cfg)
+    halved, _, _ = fl.fit_batches(f, base, lora, [(x, y)], opt=fl.sgd(0.1), reduce=halve, progress=False)
+    plain, _, _ = fl.fit_batches(f, base, lora, [(x, y)], opt=fl.sgd(0.05), progress=False)
+    assert len(seen) == 1 and set(seen[0]) == set(lora)
+    assert all(torch.allclose(halved[k][p], plain[k][p]) for k in lora for p in ("A", "B"))
+
+
+def test_fit_batches_reports_the_global_step_of_a_diverging_loss():
+    model, cfg, base, f, x, y = _problem()
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="diverged at step 8"):
+        fl.fit_batches(f, base, fl.init_lora(model, cfg), [(bad, y)], opt=fl.adam(1e-2), start=7, progress=False)

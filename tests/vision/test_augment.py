@@ -1,11 +1,8 @@
 """Specification of funclora.vision.augment and `funclora train --augment`: a fresh, seeded draw per step."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +10,10 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from funclora.vision.augment import augment_image, augmented_batches
-from funclora.vision.cli import main
+from helpers import GOLDFISH
+from helpers import run_cli as _run
 
-REPO = Path(__file__).resolve().parents[2]
-FISH = sorted((REPO / "data" / "goldfish").glob("*.png"))
+FISH = sorted(GOLDFISH.glob("*.png"))
 
 
 def _preprocess(image: Image.Image) -> torch.Tensor:
@@ -55,13 +52,6 @@ def test_drawing_leaves_torchs_global_random_state_alone():
 def test_no_images_is_an_error():
     with pytest.raises(ValueError, match="no images"):
         augmented_batches([], _preprocess)
-
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_train_augment_runs_and_is_reproducible(tmp_path):

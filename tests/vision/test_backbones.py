@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import io
 import os
 import re
@@ -20,10 +19,8 @@ from torchvision.models import VGG19_Weights
 
 from funclora.vision import backbones
 from funclora.vision.backbones import BACKBONES, Backbone, load_backbone, resolve_label
+from helpers import needs_lite0
 
-needs_lite0 = pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite_pytorch") is None, reason="needs funclora[lite0]"
-)
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 

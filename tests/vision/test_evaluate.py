@@ -6,11 +6,9 @@ difference is written by hand, so what "adapted" must score is known exactly.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import importlib.util
-import io
 import json
 from pathlib import Path
 
@@ -24,18 +22,11 @@ import funclora as fl
 from funclora.vision.backbones import load_backbone
 from funclora.vision.cli import main
 from funclora.vision.evaluate import accuracy, evaluate, forgetting, format_eval, labelled_images
+from helpers import LITE0, REPO
+from helpers import run_cli as _run
 
-REPO = Path(__file__).resolve().parents[2]
 IMAGENET = tuple(VGG19_Weights.IMAGENET1K_V1.meta["categories"])  # the class order of both backbones
 CLASSES = ("tench", "goldfish", "great white shark", "tiger shark")
-LITE0 = ("--backbone", "efficientnet_lite0", "--weights", "none")
-
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def _image(path: Path, seed: int = 0) -> Path:

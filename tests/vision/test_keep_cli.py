@@ -1,28 +1,19 @@
 """`funclora train --keep`: the keep set on the command line (the term itself: tests/core/test_keep.py)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from funclora.vision.cli import DEFAULT_KEEP, main
+from funclora.vision.cli import DEFAULT_KEEP
+from helpers import LITE0, REPO
+from helpers import run_cli as _run
 
-REPO = Path(__file__).resolve().parents[2]
-LITE0 = ("--backbone", "efficientnet_lite0", "--weights", "none")
 
 
 # --- the command -------------------------------------------------------------------------------
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
 
 @pytest.fixture()
 def fish(tmp_path) -> Path:

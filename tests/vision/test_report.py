@@ -2,23 +2,21 @@
 with matplotlib loaded only when a report is asked for."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from funclora.vision.cli import DEFAULT_KEEP, main
+from funclora.vision.cli import DEFAULT_KEEP
 from funclora.vision.report import TOP, image_row, write_report
+from helpers import GOLDFISH as GOLDFISH_FOLDER
+from helpers import run_cli as _run
 
-REPO = Path(__file__).resolve().parents[2]
-GOLDFISH = sorted((REPO / "data" / "goldfish").glob("*.png"))
+GOLDFISH = sorted(GOLDFISH_FOLDER.glob("*.png"))
 KEEP = sorted(DEFAULT_KEEP.glob("*.png"))
 CLASSES = tuple(f"class {i}" for i in range(10))
 
@@ -62,13 +60,6 @@ def test_the_report_folder_must_not_be_a_file(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         write_report(tmp_path / "file", history={}, rows=_rows(), target=1, classes=CLASSES)
-
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_train_report_writes_the_files_with_both_loss_terms_and_the_keep_images(tmp_path):

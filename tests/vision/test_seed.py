@@ -1,7 +1,6 @@
 """Specification of funclora.vision.seed: the tutorial's adapter on the flattened input image."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,8 @@ from torch.utils._pytree import tree_map
 import funclora as fl
 from funclora.vision.seed import LR, TARGET, apply_seed, init_seed, seed_config, seed_function, train_seed
 from funclora.train import cross_entropy
+from helpers import GOLDFISH
 
-GOLDFISH = Path(__file__).resolve().parents[2] / "data" / "goldfish"
 
 
 def _tiny():
