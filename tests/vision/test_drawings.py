@@ -81,6 +81,8 @@ def test_what_the_specificity_set_measures_is_never_trained_on():
     heldout, keep = load("make_heldout"), load("make_keep")
     measured = {subject for _, subject, _ in heldout.NOT_GOLDFISH.values()}
     trained = {entry[1] for entry in keep.KEEP.values() if len(entry) == 3}
-    assert measured and not measured & trained
+    tuned = {subject for _, subject, _ in keep.DEV_NOT_GOLDFISH.values()}
+    assert measured and trained and tuned
+    assert not measured & trained and not measured & tuned and not trained & tuned
     names = {p.stem for folder in ("goldfish", "heldout") for p in (DATA / folder).glob("*.png")}
     assert not names & {p.stem for p in (DATA / "specificity").rglob("*.png")}
