@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import stat
@@ -182,8 +183,8 @@ def check_output(path: str | os.PathLike, *, force: bool = False, what: str = "-
     name = f"{what} {path}"
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # (a file on the way is named below)
     except OSError as e:
         raise ValueError(f"{name}: cannot use it ({e.strerror or e})") from None
     if mode is not None:
@@ -214,8 +215,9 @@ def check_output(path: str | os.PathLike, *, force: bool = False, what: str = "-
 
 @contextlib.contextmanager
 def lock_output(path: str | os.PathLike, *, what: str = "--out"):
-    """Hold an exclusive lock on writing `path` (a hidden `.<name>.funclora-lock` beside it, removed
-    after): a second run that would write the same file is refused, naming the first one's pid.
+    """Hold an exclusive lock on writing `path` (a file in the temporary folder named for `path`'s
+    absolute location, removed after; nothing is created beside `path`): a second run that would
+    write the same file is refused, naming the first one's pid.
 
     >>> import tempfile, os
     >>> out = os.path.join(tempfile.mkdtemp(), "a.safetensors")
@@ -231,8 +233,7 @@ def lock_output(path: str | os.PathLike, *, what: str = "--out"):
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.funclora-lock")
+    lock = _lock_file(path)
     while True:
         fh = open(lock, "a+")
         try:
@@ -259,6 +260,12 @@ def lock_output(path: str | os.PathLike, *, what: str = "--out"):
         with contextlib.suppress(OSError):
             lock.unlink()
         fh.close()
+
+
+def _lock_file(path: Path) -> Path:
+    where = os.path.realpath(path)  # the same file however it is spelled (relative, through links)
+    digest = hashlib.sha256(os.fsencode(where)).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / f"funclora-{digest}.lock"
 
 
 def save_or_keep(path: str | os.PathLike, lora: Lora, cfg: LoraConfig,

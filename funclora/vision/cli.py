@@ -15,7 +15,12 @@ funclora 0.1.0
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import signal
+import threading
 import re
 import sys
 import time
@@ -28,11 +33,13 @@ from .. import __version__
 from ..cache import split
 from ..config import ALL, LoraConfig
 from ..apply import functional
-from ..io import load, read_metadata, save
+from ..io import check_output, load, lock_output, read_metadata, save_or_keep
 from ..lora import check_lora, init_lora, merge
 from ..optim import adam
 from ..params import freeze, summary
 from ..train import fit
+from .guard import (check_rank_fits, check_seed_adapter, check_seed_rank, finite_output, loss_blowup,
+                    printable, seed_arg, taught_label)
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
@@ -59,23 +66,67 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops cleanly (temporary files removed, one line)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); return the exit status."""
     parser = build_parser()
+    args = None
+    with _sigterm_interrupts():
+        try:
+            args = parser.parse_args(argv)
+            args.cleanup = contextlib.ExitStack()  # locks a command holds until it ends
+            with args.cleanup:
+                return args.run(args)
+        except SystemExit as done:  # --help and --version
+            return done.code if isinstance(done.code, int) else 0
+        except _UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # `funclora predict ... | head`: the reader has gone, so be quiet
+            _silence_stdout()
+            return 141
+        except (ValueError, RuntimeError, OSError) as error:
+            print(f"funclora: error: {_one_line(error)}", file=sys.stderr)
+            return 1
+        except MemoryError:
+            print("funclora: error: out of memory (try fewer or smaller images, or a lower --rank)",
+                  file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as stop:
+            saved = getattr(args, "saved", None)
+            what = "terminated" if isinstance(stop, _Terminated) else "interrupted"
+            print(f"funclora: {what} " + (f"(after the adapter was saved to {saved})" if saved
+                                          else "(no adapter saved)"), file=sys.stderr)
+            return 143 if isinstance(stop, _Terminated) else 130
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a command runs, SIGTERM raises _Terminated (a KeyboardInterrupt) as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        args = parser.parse_args(argv)
-        return args.run(args)
-    except SystemExit as done:  # --help and --version
-        return done.code if isinstance(done.code, int) else 0
-    except _UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError, OSError) as error:
-        print(f"funclora: error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("funclora: interrupted (no adapter saved)", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail again on the broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # stdout is not a real file (a test's StringIO): nothing to flush
 
 
 # ------------------------------------------------------------------------------------ parser ---
@@ -110,10 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=_positive(float), help="LoRA alpha; scale = alpha/rank (default: rank)")
     train.add_argument("--steps", type=_at_least_zero, help="optimizer steps (default: {layers[steps]} layers, {seed[steps]} seed)".format(**DEFAULTS))
     train.add_argument("--lr", type=_positive(float), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed)".format(**DEFAULTS))
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=seed_arg, default=0,
                        help="seeds the adapter's init (and the backbone with --weights none); default 0")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
-                       help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
+                       help="where to save the adapter (default: runs/<backbone>-<label>.safetensors); "
+                            "checked writable before training")
+    train.add_argument("--force", action="store_true",
+                       help="replace --out even if it is an existing file that is not an adapter")
+    train.add_argument("--strict", action="store_true",
+                       help="refuse to save an adapter whose loss grew (diverged) instead of warning")
     train.add_argument("--keep", metavar="DIR|none", default=None,
                        help="pictures (not of LABEL) whose predictions should stay as they were: adds "
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
@@ -142,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(predict, defaults=False)
     predict.add_argument("--adapter", type=Path, help="adapter file written by `funclora train`")
     predict.add_argument("--top", type=_positive(int), default=5, help="classes per image (default: 5)")
-    predict.add_argument("--seed", type=int, default=None,
+    predict.add_argument("--seed", type=seed_arg, default=None,
                          help="seeds the backbone with --weights none (default: the adapter's, else 0)")
     _add_output_args(predict, quiet=False)
     predict.set_defaults(run=_predict)
@@ -159,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("folder", metavar="DIR", type=Path, help="labelled images (see the layout below)")
     _add_backbone_args(evaluate, defaults=False)
     evaluate.add_argument("--adapter", type=Path, help="adapter file written by `funclora train`")
-    evaluate.add_argument("--seed", type=int, default=None,
+    evaluate.add_argument("--seed", type=seed_arg, default=None,
                           help="seeds the backbone with --weights none (default: the adapter's, else 0)")
     _add_output_args(evaluate)
     evaluate.set_defaults(run=_eval)
@@ -182,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "methods and other layer types are refused with the reason.")
     import_.add_argument("directory", metavar="DIR", type=Path, help="PEFT adapter directory")
     import_.add_argument("--out", metavar="ADAPTER", type=Path, required=True, help="funclora adapter file to write")
+    import_.add_argument("--force", action="store_true",
+                         help="replace --out even if it is an existing file that is not an adapter")
     import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONE_NAMES,
                          help="check the adapter fits this backbone and record it for `predict`")
     import_.set_defaults(run=_import)
@@ -254,9 +312,8 @@ def _train(args: argparse.Namespace) -> int:
     from .seed import apply_seed, seed_config, train_seed
 
     settings = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in DEFAULTS[args.mode].items()}
-    if args.out is not None and args.out.is_dir():
-        raise ValueError(f"--out {args.out}: is a folder (expected the adapter's file name, e.g. "
-                         f"{args.out / 'adapter.safetensors'})")
+    if args.out is not None:
+        check_output(args.out, force=args.force)  # before the work, not after it
     if args.mode == "seed" and (args.targets or args.alpha is not None):
         raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
     if args.mode == "seed" and (args.augment or args.compile or _keep_asked(args)):
@@ -268,6 +325,9 @@ def _train(args: argparse.Namespace) -> int:
     keep_paths = _keep_paths(args) if args.mode == "layers" else []
     backbone = _load_backbone(args.backbone, args.weights, args.seed)
     label = resolve_label(args.label, backbone.classes)
+    out = args.out or Path("runs") / f"{backbone.name}-{_slug(backbone.classes[label])}" \
+        f"{'-seed' if args.mode == 'seed' else ''}.safetensors"
+    _claim_output(args, out)
     x = load_batch(paths, backbone.preprocess)
     y = torch.full((len(paths),), label)
     model, base = backbone.model, freeze(backbone.model)
@@ -282,6 +342,7 @@ def _train(args: argparse.Namespace) -> int:
 
         targets = tuple(ALL if args.targets == ["all"] else args.targets or backbone.targets)
         cfg = LoraConfig(rank=settings["rank"], alpha=args.alpha, targets=targets)
+        check_rank_fits(model, cfg)
         f = functional(model, cfg)
         # The frozen layers (and the head's W x + b) give the same features every step: run them
         # once (funclora.split). --augment's images change every step, so they take the whole f.
@@ -315,6 +376,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         with torch.no_grad():
             before = model(x)
+        check_seed_rank(settings["rank"], x[0].numel(), before.shape[1])
         lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
                                   steps=settings["steps"], seed=args.seed, progress=progress)
         history = {"loss": losses, "train": losses}
@@ -325,16 +387,16 @@ def _train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if not torch.isfinite(after).all():
         raise ValueError(f"training diverged (non-finite outputs); lower --lr (was {settings['lr']:g})")
+    _check_losses(losses, settings["lr"], args.strict)
 
-    out = args.out or Path("runs") / f"{backbone.name}-{_slug(backbone.classes[label])}" \
-        f"{'-seed' if args.mode == 'seed' else ''}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
-    save(out, lora, cfg, metadata={
+    save_or_keep(out, lora, cfg, metadata={
         "backbone": backbone.name, "mode": args.mode, "label": str(label),
         "label_name": backbone.classes[label], "weights": str(args.weights), "seed": str(args.seed),
         **({"keep_images": str(len(keep_paths)), "keep_weight": f"{keep_weight:g}"} if keep else {}),
         **({"augment": "true"} if args.augment else {}),
     })
+    args.saved = out  # an interruption from here on must not say "no adapter saved"
 
     rows = [{"path": str(p), "before": _top1(b, label, backbone.classes), "after": _top1(a, label, backbone.classes)}
             for p, b, a in zip(paths, before.softmax(-1), after.softmax(-1))]
@@ -366,6 +428,23 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{summary(model, lora)}; {len(losses)} steps in {seconds:.1f} s{loss}")
     print(f"adapter saved to {out}")
     return 0
+
+
+def _claim_output(args: argparse.Namespace, out: Path) -> None:
+    """Check `out` can be written (before training) and hold it against a second run until the end."""
+    check_output(out, force=args.force)
+    args.cleanup.enter_context(lock_output(out))
+
+
+def _check_losses(losses: Sequence[float], lr: float, strict: bool) -> None:
+    """A loss that grew by orders of magnitude: a loud warning, or with --strict an error (nothing saved)."""
+    why = loss_blowup(losses)
+    if why is None:
+        return
+    if strict:
+        raise ValueError(f"training diverged: {why}; nothing saved (lower --lr, was {lr:g})")
+    print(f"funclora: warning: training diverged: {why}; the adapter is saved anyway, but lower --lr "
+          f"(was {lr:g}), or pass --strict to refuse such a result", file=sys.stderr)
 
 
 def _keep_asked(args: argparse.Namespace) -> bool:
@@ -428,7 +507,7 @@ def _top1(probs: torch.Tensor, label: int, classes: Sequence[str]) -> dict:
 def _train_table(rows: list[dict], target: str) -> str:
     """Fixed-width table: image, then top-1 and p(target) before and after."""
     head = ("image", "before: top-1", "p", f"p({_cut(target, 16)})", "after: top-1", "p", f"p({_cut(target, 16)})")
-    body = [(Path(r["path"]).name,
+    body = [(printable(Path(r["path"]).name),
              *(v for when in ("before", "after") for v in (
                  f"{r[when]['top1']:>4} {_cut(r[when]['label'], 22)}",
                  f"{r[when]['p_top1']:.3f}", f"{r[when]['p_target']:.3f}")))
@@ -453,6 +532,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     with torch.no_grad():
         logits = _adapted(backbone.model, args.adapter, meta, name)(x) if args.adapter else backbone.model(x)
+    finite_output(logits, str(args.adapter or name))
 
     k = min(args.top, logits.shape[1])
     probs = logits.softmax(-1)
@@ -464,7 +544,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     print(f"{name} ({_describe_weights(weights)})" + (f" + adapter {args.adapter}" if args.adapter else ""))
     for image in images:
-        print(image["path"])
+        print(printable(image["path"]))
         print(_columns([(f"{t['index']:>4}", t["label"], f"{t['p']:.3f}") for t in image["top"]],
                        right={0, 2}, indent="  "))
     return 0
@@ -488,7 +568,11 @@ def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str):
     from .seed import apply_seed
 
     lora, cfg = load(adapter)
-    if meta.get("mode", "layers") == "seed":
+    mode = meta.get("mode", "layers")
+    if mode not in MODES:
+        raise ValueError(f"{adapter}: metadata mode {mode!r} is not one of {MODES}")
+    if mode == "seed":
+        check_seed_adapter(lora, adapter)
         return lambda x: apply_seed(model(x), lora, x)
     try:
         check_lora(model, lora, cfg)
@@ -508,19 +592,21 @@ def _eval(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         raise ValueError(f"{args.folder}: no such folder (expected one sub-folder per class: DIR/<id or name>/...)")
     backbone = _load_backbone(name, weights, seed)
+    taught = taught_label(meta, backbone.classes, args.adapter) if args.adapter else None
     paths, labels = labelled_images(args.folder, backbone.classes)
     classifiers = {"base": backbone.model}
     if args.adapter:
         classifiers["adapted"] = _adapted(backbone.model, args.adapter, meta, name)
     logits = predict(classifiers, paths, backbone.preprocess, progress=not (args.json or args.quiet))
+    for which, values in logits.items():
+        finite_output(values, str(args.adapter) if which == "adapted" else name)
     result = {"n": len(paths), **{k: accuracy(v, labels) for k, v in logits.items()}}
     if args.json:
         print(json.dumps(result))
         return 0
     where = f"{name}, {_describe_weights(weights)}" + (f" + adapter {args.adapter}" if args.adapter else "")
     print(format_eval(result, args.folder, where))
-    if args.adapter and meta.get("label", "").isdigit():
-        taught = int(meta["label"])
+    if taught is not None:
         counts = {k: int((v.argmax(-1) == taught).sum()) for k, v in logits.items()}
         truly = int((labels == taught).sum())
         print(f"classified as {backbone.classes[taught]!r}: {counts['base']} before, {counts['adapted']} after "
@@ -548,9 +634,11 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from ..peft import import_dir
 
+    _claim_output(args, args.out)
     model = _load_backbone(args.backbone, "none", 0).model if args.backbone else None
     import_dir(args.directory, args.out, model=model,
                metadata={"backbone": args.backbone, "mode": "layers"} if args.backbone else None)
+    args.saved = args.out
     print(f"funclora adapter written to {args.out}")
     return 0
 
