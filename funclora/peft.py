@@ -372,7 +372,10 @@ def export_file(adapter_path: str | os.PathLike, directory: str | os.PathLike, m
                 base_model_name_or_path: str | None = None) -> None:
     """`funclora export ADAPTER --peft DIR`: a funclora adapter file to a PEFT directory."""
     lora, cfg = load(adapter_path)
-    to_peft(lora, cfg, directory, model=model, base_model_name_or_path=base_model_name_or_path)
+    try:
+        to_peft(lora, cfg, directory, model=model, base_model_name_or_path=base_model_name_or_path)
+    except ValueError as e:
+        raise ValueError(f"{adapter_path}: {e}") from None
 
 
 def import_dir(directory: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module | None = None,

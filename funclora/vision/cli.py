@@ -557,9 +557,16 @@ def _adapter_backbone(args: argparse.Namespace) -> tuple[dict, str, str, int]:
     if args.backbone and trained_on and args.backbone != trained_on:
         raise ValueError(f"{args.adapter}: adapter was trained for backbone {trained_on}, not "
                          f"{args.backbone} (pass --backbone {trained_on})")
+    if trained_on is not None and trained_on not in BACKBONE_NAMES:
+        raise ValueError(f"{args.adapter}: metadata backbone {trained_on!r} is not one of {', '.join(BACKBONE_NAMES)}")
     name = args.backbone or trained_on or DEFAULT_BACKBONE
     weights = args.weights or (meta.get("weights") if trained_on == name else None) or "imagenet"
-    seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
+    seed = args.seed
+    if seed is None:
+        try:
+            seed = seed_arg(meta.get("seed", "0"))
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"{args.adapter}: metadata seed: {error}") from None
     return meta, name, weights, seed
 
 
@@ -573,13 +580,22 @@ def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str):
         raise ValueError(f"{adapter}: metadata mode {mode!r} is not one of {MODES}")
     if mode == "seed":
         check_seed_adapter(lora, adapter)
-        return lambda x: apply_seed(model(x), lora, x)
+
+        def seeded(x):
+            try:
+                return apply_seed(model(x), lora, x)
+            except ValueError as error:
+                raise ValueError(f"{adapter}: {error}") from None
+        return seeded
     try:
         check_lora(model, lora, cfg)
     except ValueError as error:
         raise ValueError(f"{adapter}: adapter does not fit {name} ({_one_line(error)})") from None
     # Fold B @ A into the weights once: inference then runs the plain model, at no extra cost.
-    merged, f = merge(freeze(model), lora, cfg), functional(model, cfg)
+    try:
+        merged, f = merge(freeze(model), lora, cfg), functional(model, cfg)
+    except ValueError as error:
+        raise ValueError(f"{adapter}: {error}") from None
     return lambda x: f(merged, None, x)
 
 
@@ -622,6 +638,8 @@ def _export(args: argparse.Namespace) -> int:
     name = args.backbone or read_metadata(args.adapter).get("backbone")
     if name is None:
         raise ValueError(f"{args.adapter}: no backbone in the adapter's metadata; pass --backbone")
+    if name not in BACKBONE_NAMES:
+        raise ValueError(f"{args.adapter}: metadata backbone {name!r} is not one of {', '.join(BACKBONE_NAMES)}")
     if read_metadata(args.adapter).get("mode") == "seed":
         raise ValueError(f"{args.adapter}: a --mode seed adapter acts on the input image, not on a "
                          f"layer; PEFT has no equivalent")
