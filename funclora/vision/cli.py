@@ -79,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
             args.cleanup = contextlib.ExitStack()  # locks a command holds until it ends
             with args.cleanup:
-                return args.run(args)
+                code = args.run(args)
+            sys.stdout.flush()  # here, where a broken pipe is caught, not at the interpreter's exit
+            return code
         except SystemExit as done:  # --help and --version
             return done.code if isinstance(done.code, int) else 0
         except _UsageError as error:
