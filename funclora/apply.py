@@ -2,8 +2,9 @@
 
 Every targeted layer computes base_layer(x) + scale * B(A(x)), i.e. the layer with weight
 W + scale * B @ A. How it gets there is chosen per layer (`plan`, see STRATEGIES): on the
-low-rank path backward never forms a full-size weight gradient; where that path would cost
-more than the full weight gradient (few channels, depthwise convolutions) the weight is merged.
+low-rank path backward never forms a full-size weight gradient (the kernels are in
+funclora.conv); where that path would cost more than the full weight gradient (few channels,
+depthwise convolutions) the weight is merged.
 
 >>> import torch, funclora as fl
 >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding="same"), torch.nn.Flatten(), torch.nn.Linear(8 * 25, 2))
@@ -17,12 +18,29 @@ True
 ['A', 'B']
 >>> fl.plan(torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3), torch.nn.Conv2d(64, 64, 3, groups=64)), cfg)
 {'0': 'fused', '1': 'weight'}
+
+The mode is an argument of each call, never the model's own (`model.train()` / `.eval()` do not
+matter): f(base, lora, x) runs in eval mode; `train=True` runs dropout and batch statistics.
+f never writes to the model or the base: in train mode BatchNorm normalises with the batch's
+statistics, and `mutable=True` returns the buffers as the step would have updated them:
+
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5))
+>>> base, g = fl.freeze(net), fl.functional(net, cfg)
+>>> x = torch.randn(8, 3)
+>>> out, buffers = g(base, None, x, train=True, seed=0, mutable=True)
+>>> torch.equal(out, g(base, None, x, train=True, seed=0))   # the seed draws the dropout masks
+True
+>>> buffers["1.num_batches_tracked"].item(), base["1.num_batches_tracked"].item()
+(1, 0)
+>>> base = fl.FrozenParams({**base, **buffers})              # the caller decides to keep them
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +48,10 @@ from torch import nn
 from torch.func import functional_call
 
 from .config import LoraConfig, find_targets
+from .conv import LowRankConv, LowRankTap, conv_spec, merged_weight
 from .lora import Lora, delta_weight, key
 
-__all__ = ["functional", "plan", "STRATEGIES"]
+__all__ = ["functional", "plan", "STRATEGIES", "Apply"]
 
 STRATEGIES = ("activation", "fused", "weight")
 """How a layer applies its adapter (all compute the same function; they differ in cost):
@@ -43,8 +62,9 @@ STRATEGIES = ("activation", "fused", "weight")
     layer); backward takes the input gradient through that same weight and A's and B's gradients
     from the rank-r activations A(x) and B^T g, recomputed there, so no full-size weight gradient
     and no extra full-size activation is ever formed. A plain nn.Conv2d runs it as one custom
-    autograd.Function; a subclass with its own forward (e.g. one that pads first) runs its forward
-    on the merged weight, and a pass-through node on its output adds A's and B's gradients.
+    autograd.Function (funclora.conv.LowRankConv); a subclass with its own forward (e.g. one that
+    pads first) runs its forward on the merged weight, and a pass-through node on its output adds
+    A's and B's gradients (funclora.conv.LowRankTap).
 "weight": W + scale * B @ A before the layer runs (autograd): one full-size weight gradient, which
     is the cheapest where the layer has few channels per group (depthwise convolutions).
 """
@@ -56,60 +76,169 @@ FUSED_MAX_COST = 0.5
 of the full weight gradient's. Below 1 because rank-r convolutions (few output channels) run at
 about a third to a half of the full convolution's speed on CPU (VGG19's layers on a 2-core x86 CPU)."""
 
-Apply = Callable[[Mapping[str, torch.Tensor], "Lora | None", torch.Tensor], torch.Tensor]
+
+class Apply(Protocol):
+    """f(base, lora, x, *, train=False, seed=None, mutable=False): see `functional`."""
+
+    def __call__(self, base: Mapping[str, torch.Tensor], lora: Lora | None, x: torch.Tensor, *,
+                 train: bool = False, seed: int | None = None, mutable: bool = False): ...
 
 
 def functional(model: nn.Module, cfg: LoraConfig, *,
                strategy: str | Mapping[str, str] = AUTO) -> Apply:
     """The pure function f(base, lora, x) of `model` with `cfg`'s adapters; f(base, None, x) is the base.
 
-    The model is not modified: f runs a structural copy whose tensors are the model's own (no
-    weights are copied), whose targeted layers carry the LoRA path, and which keeps the train/eval
-    mode the model had here. `strategy` picks the path per layer (see STRATEGIES and `plan`): "auto",
-    one of STRATEGIES for all, or {layer name: strategy} (layers not named: "auto"). Every strategy
-    computes the same function up to float rounding, and a fresh adapter (B = 0) gives exactly the
-    base's output on each of them: W + scale * (0 @ A) is W, bit for bit.
-    """
-    shell, tensors = adapted_shell(model, cfg, strategy)
+    f(base, lora, x, *, train=False, seed=None, mutable=False):
+      base: exactly the model's tensors by name (`fl.freeze(model)`, or `fl.merge` of it): a missing
+        or extra name is a ValueError naming it, never a silent fallback to the model's own tensor.
+      lora: None (the base alone), or an adapter for exactly `cfg`'s targets with `cfg`'s shapes
+        (a rank that contradicts `cfg` is a ValueError naming the layer).
+      train: the mode of every module for this call (the model's own .training is not read).
+        False: dropout off, BatchNorm normalises with its running statistics.
+        True: dropout on (the model's and `cfg.dropout`), BatchNorm normalises with the batch's
+        statistics and updates nothing; torch.func.grad and vmap work (vmap needs a `randomness`
+        other than "error" when there is dropout).
+      seed: train mode's randomness. An int: the dropout masks are drawn from a generator seeded
+        with it (x's device; torch's global generators are left as they were), so a step is
+        reproducible from its arguments alone. None: drawn from torch's global generator (then
+        `torch.manual_seed` before the step makes it reproducible).
+      mutable: return (out, buffers): every buffer of the model by name, as this call left it:
+        in train mode BatchNorm's running statistics and num_batches_tracked updated from the
+        batch, exactly as `model.train()(x)` would update them (torch's own update), in eval mode
+        the base's own. Nothing is written anywhere else; `FrozenParams({**base, **buffers})`
+        keeps them. (Under vmap, use mutable=False: per-example statistics are not defined.)
 
-    def f(base: Mapping[str, torch.Tensor], lora: Lora | None, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(shell, tensors(base, lora), (x,))
+    The model is not modified: f runs structural copies (one per mode) whose tensors are the
+    model's own (no weights are copied) and whose targeted layers carry the LoRA path.
+    `strategy` picks the path per layer (see STRATEGIES and `plan`): "auto", one of STRATEGIES for
+    all, or {layer name: strategy} (layers not named: "auto"). Every strategy computes the same
+    function up to float rounding, and a fresh adapter (B = 0) gives exactly the base's output on
+    each of them: W + scale * (0 @ A) is W, bit for bit.
+    """
+    how = plan(model, cfg, strategy)
+    tensors = _tensors(model, cfg, how)
+    shells = {mode: _shell(model, how, cfg, mode) for mode in _MODES}
+    buffers = [name for name, _ in model.named_buffers()]
+
+    def f(base: Mapping[str, torch.Tensor], lora: Lora | None, x: torch.Tensor, *,
+          train: bool = False, seed: int | None = None, mutable: bool = False):
+        params = tensors(base, lora)
+        if not train:
+            out = functional_call(shells["eval"], params, (x,))
+            return (out, {name: base[name] for name in buffers}) if mutable else out
+        _check_seed(seed)
+        # Copies made inside the call (so inside any torch.func transform), which a module may
+        # write to: the caller's tensors are never written, and grad allows the writes.
+        for name in buffers:
+            params[name] = params[name].clone()
+        with _seeded(seed, x.device):
+            out = functional_call(shells["train+stats" if mutable else "train"], params, (x,))
+        return (out, {name: params[name].detach() for name in buffers}) if mutable else out
 
     return f
 
 
+_MODES = ("eval", "train", "train+stats")
+"""The shells f runs: eval mode; train mode with BatchNorm on batch statistics, tracking nothing
+(what grad and vmap need); train mode tracking statistics in the copies f hands it (mutable=True)."""
+
+
 def adapted_shell(model: nn.Module, cfg: LoraConfig, strategy: str | Mapping[str, str] = AUTO
                   ) -> tuple[nn.Module, Callable[[Mapping[str, torch.Tensor], "Lora | None"], dict]]:
-    """(shell, tensors): the module tree `functional` runs, and (base, lora) -> the dict of tensors
-    to run it with (functional_call's argument). For building other pure functions on the same
-    tree (funclora.cache traces it); most code wants `functional`."""
-    targets = find_targets(model, cfg)
+    """(shell, tensors): the eval-mode module tree `functional` runs, and (base, lora) -> the dict
+    of tensors to run it with (functional_call's argument; it checks base and lora as f does).
+    For building other pure functions on the same tree (funclora.cache traces it); most code
+    wants `functional`."""
     how = plan(model, cfg, strategy)
-    shell = _shell(model, {n: s for n, s in how.items() if s != "weight"}, cfg)
+    return _shell(model, how, cfg, "eval"), _tensors(model, cfg, how)
+
+
+def _tensors(model: nn.Module, cfg: LoraConfig, how: Mapping[str, str]
+             ) -> Callable[[Mapping[str, torch.Tensor], "Lora | None"], dict]:
+    targets = list(how)
     modules = dict(model.named_modules())
+    names = frozenset([*(n for n, _ in model.named_parameters()), *(n for n, _ in model.named_buffers())])
+    shapes = {n: _adapter_shapes(modules[n].weight, cfg.rank_for(n)) for n in targets}
     by_weight = [n for n in targets if how[n] == "weight"]
     # fused subclasses run their own forward on W + s B A, with A and B detached (the pass-through
     # node on their output gives A's and B's gradients): the conv computes no weight gradient.
     by_tap = [n for n in targets if how[n] == "fused" and not _plain_conv(modules[n])]
+    by_buffer = [n for n in targets if how[n] != "weight"]
     target_set = set(targets)
 
     def tensors(base: Mapping[str, torch.Tensor], lora: Lora | None) -> dict:
+        if base.keys() != names:  # once per call: a set comparison
+            _base_error(base, names)
         params = dict(base)
-        if lora:
-            if lora.keys() != target_set:
-                raise ValueError(f"adapter layers {sorted(lora)[:3]}... do not match the targets of "
-                                 f"this function {targets[:3]}...; build f with the adapter's config")
-            for name in by_weight:
-                w = params[key(name, "weight")]
-                params[key(name, "weight")] = w + delta_weight(lora[name]["A"], lora[name]["B"], cfg.scale_for(name))
-            for name in by_tap:
-                a, b = lora[name]["A"].detach(), lora[name]["B"].detach()
-                params[key(name, "weight")] = _merged(params[key(name, "weight")], a, b, cfg.scale_for(name))
-            for name in target_set.difference(by_weight):
-                params[key(name, "lora_A")], params[key(name, "lora_B")] = lora[name]["A"], lora[name]["B"]
+        if lora is None:
+            return params
+        if lora.keys() != target_set:
+            _targets_error(lora, target_set)
+        for name, want in shapes.items():
+            ab = lora[name]
+            try:
+                ok = (ab["A"].shape, ab["B"].shape) == want
+            except (KeyError, TypeError, AttributeError):
+                ok = False
+            if not ok:
+                _shape_error(name, ab, want, cfg)
+        for name in by_weight:
+            w = params[key(name, "weight")]
+            params[key(name, "weight")] = w + delta_weight(lora[name]["A"], lora[name]["B"], cfg.scale_for(name))
+        for name in by_tap:
+            a, b = lora[name]["A"].detach(), lora[name]["B"].detach()
+            params[key(name, "weight")] = merged_weight(params[key(name, "weight")], a, b, cfg.scale_for(name))
+        for name in by_buffer:
+            params[key(name, "lora_A")], params[key(name, "lora_B")] = lora[name]["A"], lora[name]["B"]
         return params
 
-    return shell, tensors
+    return tensors
+
+
+def _adapter_shapes(weight: torch.Tensor, rank: int) -> tuple[torch.Size, torch.Size]:
+    """(A's shape, B's shape) for a layer's weight at `rank` (see funclora.lora)."""
+    return torch.Size((rank, *weight.shape[1:])), torch.Size((weight.shape[0], rank, *[1] * (weight.dim() - 2)))
+
+
+def _base_error(base: Mapping[str, torch.Tensor], names: frozenset) -> None:
+    missing, extra = sorted(names - base.keys()), sorted(base.keys() - names)
+    if missing:
+        raise ValueError(f"base has no tensor {missing[0]!r} (missing {len(missing)}: {missing[:3]}); "
+                         f"pass fl.freeze(model) of the model f was built from (or fl.merge of it)")
+    raise ValueError(f"base has a tensor {extra[0]!r} that the model does not (extra {len(extra)}: "
+                     f"{extra[:3]}); pass fl.freeze(model) of the model f was built from (or fl.merge of it)")
+
+
+def _targets_error(lora: Lora, targets: set[str]) -> None:
+    extra, missing = sorted(set(lora) - targets), sorted(targets - set(lora))
+    raise ValueError(f"adapter layers do not match the targets of this function: not targeted {extra[:3]}, "
+                     f"missing {missing[:3]}; build f with the adapter's config")
+
+
+def _shape_error(name: str, ab, want: tuple[torch.Size, torch.Size], cfg: LoraConfig) -> None:
+    got = {k: tuple(getattr(ab.get(k), "shape", ())) if isinstance(ab, Mapping) and k in ab else None for k in "AB"}
+    raise ValueError(f"layer {name!r}: adapter shapes {got} contradict the config (rank "
+                     f"{cfg.rank_for(name)}: A {tuple(want[0])}, B {tuple(want[1])}); "
+                     f"use the config the adapter was made with")
+
+
+def _check_seed(seed) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Within: x's device's generator seeded with `seed` (None: left as it is); after: as before."""
+    if seed is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+        yield
 
 
 def plan(model: nn.Module, cfg: LoraConfig, strategy: str | Mapping[str, str] = AUTO) -> dict[str, str]:
@@ -121,10 +250,17 @@ def plan(model: nn.Module, cfg: LoraConfig, strategy: str | Mapping[str, str] = 
     A convolution takes "fused" when that is at most FUSED_MAX_COST of the full one, else "weight";
     a Linear takes "activation".
     With dropout, every layer takes "activation", the only path that applies it.
+    A mapping that names a layer which is not a target is a ValueError.
     """
     modules = dict(model.named_modules())
+    targets = find_targets(model, cfg)
+    if not isinstance(strategy, str):
+        stray = sorted(set(strategy) - set(targets))
+        if stray:
+            raise ValueError(f"strategy names layer {stray[0]!r}, which is not a target of the config "
+                             f"(targets: {targets[:4]}{'...' if len(targets) > 4 else ''})")
     chosen = {}
-    for name in find_targets(model, cfg):
+    for name in targets:
         asked = strategy if isinstance(strategy, str) else strategy.get(name, AUTO)
         layer = modules[name]
         if asked == AUTO:
@@ -153,16 +289,21 @@ def _auto(layer: nn.Module, rank: int, dropout: float) -> str:
 
 
 def _plain_conv(layer: nn.Module) -> bool:
-    """An nn.Conv2d (or subclass) that runs the stock forward, so that _LowRankConv can stand in for it."""
+    """An nn.Conv2d (or subclass) that runs the stock forward, so that LowRankConv can stand in for it."""
     kind = type(layer)
     return (isinstance(layer, nn.Conv2d) and kind.forward is nn.Conv2d.forward
             and kind._conv_forward is nn.Conv2d._conv_forward)
 
 
-def _shell(model: nn.Module, how: Mapping[str, str], cfg: LoraConfig) -> nn.Module:
-    """A copy of the module tree sharing every tensor with `model`, with the LoRA path on `how`'s layers."""
+def _shell(model: nn.Module, how: Mapping[str, str], cfg: LoraConfig, mode: str) -> nn.Module:
+    """A copy of the module tree sharing every tensor with `model`, in `mode` (one of _MODES), with
+    the LoRA path on `how`'s layers."""
     shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    shell = copy.deepcopy(model, memo=dict(shared))
+    shell = copy.deepcopy(model, memo=dict(shared)).train(mode != "eval")
+    if mode == "train":  # batch statistics, and no running statistics read or written
+        for module in shell.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False
     modules = dict(shell.named_modules())
     for name, strategy in how.items():
         layer = modules[name]
@@ -171,7 +312,7 @@ def _shell(model: nn.Module, how: Mapping[str, str], cfg: LoraConfig) -> nn.Modu
         layer.register_buffer("lora_B", None, persistent=False)
         if strategy == "fused" and _plain_conv(layer):
             # The shell is ours: its layer may run another forward (the caller's model keeps its own).
-            layer.forward = partial(_fused_forward, layer, scale=cfg.scale_for(name), spec=_conv_spec(layer))
+            layer.forward = partial(_fused_forward, layer, scale=cfg.scale_for(name), spec=conv_spec(layer))
             continue
         # A runs through a hook-free twin of the layer itself, so that padding_mode, "same"
         # padding and subclasses that pad inside their own forward are honoured exactly.
@@ -199,26 +340,6 @@ def _add_low_rank(layer: nn.Module, args: tuple, out: torch.Tensor, *,
     return out + scale * F.conv2d(h, b, groups=groups)
 
 
-def _conv_spec(layer: nn.Conv2d) -> tuple:
-    """(F.pad arguments or None, stride, padding, dilation, groups): nn.Conv2d's forward as explicit ints.
-
-    Non-zero padding modes pad first, as nn.Conv2d does; "same" pads symmetrically inside the
-    convolution and the odd remainder on the right/bottom first, as torch's own "same" does.
-    """
-    pad, padding = None, layer.padding
-    if layer.padding_mode != "zeros":
-        pad, padding = (tuple(layer._reversed_padding_repeated_twice), layer.padding_mode), (0, 0)
-    elif padding == "valid":
-        padding = (0, 0)
-    elif padding == "same":
-        total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
-        padding = tuple(t // 2 for t in total)
-        extra = [t - 2 * (t // 2) for t in total]
-        if any(extra):
-            pad = ((0, extra[1], 0, extra[0]), "constant")
-    return pad, tuple(layer.stride), tuple(padding), tuple(layer.dilation), layer.groups
-
-
 def _fused_forward(layer: nn.Conv2d, x: torch.Tensor, *, scale: float, spec: tuple) -> torch.Tensor:
     a, b = layer.lora_A, layer.lora_B
     if a is None:
@@ -226,140 +347,11 @@ def _fused_forward(layer: nn.Conv2d, x: torch.Tensor, *, scale: float, spec: tup
     pad, *conv = spec
     if pad is not None:
         x = F.pad(x, pad[0], mode=pad[1])
-    return _LowRankConv.apply(x, layer.weight, layer.bias, a, b, scale, tuple(conv))
-
-
-def _merged(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """W + scale * B @ A in one pass (exactly W when B is zero), in W's own memory layout."""
-    if _channels_last(w):  # rows of (kh, kw, in), as a channels-last weight lies in memory
-        w_rows = w.permute(0, 2, 3, 1)
-        a_rows = a.permute(0, 2, 3, 1).reshape(a.shape[0], -1)
-        merged = torch.addmm(w_rows.reshape(w.shape[0], -1), b.flatten(1), a_rows, alpha=scale)
-        return merged.view(w_rows.shape).permute(0, 3, 1, 2)
-    return torch.addmm(w.flatten(1), b.flatten(1), a.flatten(1), alpha=scale).view_as(w)
-
-
-class _LowRankConv(torch.autograd.Function):
-    """conv(x, W + s B A) whose backward never forms a full-size weight gradient (unless W needs one).
-
-    grad x = conv_transpose(g, W + s B A); grad B = s sum g h^T with h = conv(x, A);
-    grad A = s conv_weight_grad(x, B^T g). h and B^T g have r channels (r * groups when grouped).
-    """
-
-    generate_vmap_rule = True  # torch.func.vmap over f (per-example gradients) keeps working
-
-    @staticmethod
-    def forward(x, w, bias, a, b, scale, conv):
-        stride, padding, dilation, groups = conv
-        return F.conv2d(x, _merged(w, a, b, scale), bias, stride, padding, dilation, groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, w, bias, a, b, scale, conv = inputs
-        # W + s B A is recomputed in backward (one cheap matrix product) rather than kept alive:
-        # under torch.func.grad nothing saved is freed before the whole backward is done.
-        ctx.save_for_backward(x, w, a, b)
-        ctx.scale, ctx.conv = scale, conv
-
-    @staticmethod
-    def backward(ctx, g):
-        needs = ctx.needs_input_grad[:5]
-        if torch.compiler.is_compiling():
-            # torch.compile of torch.func.grad(f) has been seen to report A and B as not needing
-            # grad (torch 2.14): compute x's, A's and B's gradients regardless; unneeded ones are dropped.
-            needs = (True, needs[1], needs[2], True, True)
-        # No graph of the backward itself (torch.func.grad asks for one): its temporaries are freed here.
-        with torch.no_grad():
-            return (*_low_rank_conv_grads(g, *ctx.saved_tensors, ctx.scale, ctx.conv, needs), None, None)
-
-
-def _low_rank_conv_grads(g, x, w, a, b, scale, conv, needs):
-    stride, padding, dilation, groups = conv
-    merged = _merged(w, a, b, scale) if needs[0] or needs[1] else None
-    need_x, need_w, need_bias, need_a, need_b = needs
-    backward = partial(torch.ops.aten.convolution_backward, bias_sizes=None, stride=stride, padding=padding,
-                       dilation=dilation, transposed=False, output_padding=[0, 0], groups=groups)
-    gx = gw = ga = gb = None
-    gbias = g.sum((0, 2, 3)) if need_bias else None
-    if need_w:  # the base weight itself is differentiated: its full gradient also gives A's and B's
-        gx, gw, _ = backward(g, x, merged, output_mask=[need_x, True, False])
-        flat = gw.flatten(1)
-        ga = (scale * b.flatten(1).t() @ flat).view_as(a) if need_a else None
-        gb = (scale * flat @ a.flatten(1).t()).view_as(b) if need_b else None
-        return gx, gw, gbias, ga, gb
-    if need_x:
-        gx = backward(g, x, merged, output_mask=[True, False, False])[0]
-    if need_a or need_b:
-        a_tiled = a.repeat(groups, 1, 1, 1) if groups > 1 else a
-        h = F.conv2d(x, a_tiled, None, stride, padding, dilation, groups)
-        gb, gh = _b_grads(g, h, b, scale, groups)
-        if need_a:
-            ga = backward(gh, x, a_tiled, output_mask=[False, True, False])[1]
-            ga = ga.view(groups, *a.shape).sum(0) if groups > 1 else ga
-    return gx, None, gbias, ga, gb if need_b else None
-
-
-def _b_grads(g: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scale: float, groups: int):
-    """(grad B, grad h) of scale * conv1x1(h, B, groups) for the output gradient g."""
-    if groups == 1 and _channels_last(g) and _channels_last(h):
-        # (pixels, channels) matrices, as channels-last tensors lie in memory: no layout copies
-        n, c, r = g.shape[0], g.shape[1], h.shape[1]
-        g3, h3 = g.permute(0, 2, 3, 1).reshape(n, -1, c), h.permute(0, 2, 3, 1).reshape(n, -1, r)
-        gb = (scale * torch.bmm(h3.transpose(1, 2), g3).sum(0)).t().reshape(b.shape)
-        gh = (g3.reshape(-1, c) @ (scale * b.flatten(1))).view(n, *h.shape[2:], r).permute(0, 3, 1, 2)
-        return gb, gh
-    if groups == 1:  # B as batched matrix products over (N, channels, pixels): no layout copies
-        g3, h3 = g.flatten(2), h.flatten(2)
-        gb = (scale * torch.bmm(g3, h3.transpose(1, 2)).sum(0)).view_as(b)
-        gh = torch.bmm((scale * b.flatten(1).t()).expand(g3.shape[0], -1, -1), g3).view_as(h)
-        return gb, gh
-    gh, gb, _ = torch.ops.aten.convolution_backward(
-        g, h, b, None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups, [True, True, False])
-    return scale * gb, scale * gh
+    return LowRankConv.apply(x, layer.weight, layer.bias, a, b, scale, tuple(conv))
 
 
 def _tap(layer: nn.Module, args: tuple, out: torch.Tensor, *, twin: nn.Module, scale: float) -> torch.Tensor:
     a, b = layer.lora_A, layer.lora_B
     if a is None:
         return out
-    return _LowRankTap.apply(out, args[0], a, b, scale, twin)
-
-
-class _LowRankTap(torch.autograd.Function):
-    """Passes a conv's output through unchanged; backward adds A's and B's low-rank gradients.
-
-    For "fused" Conv2d subclasses: the layer itself ran on W + s B A with A and B detached (so
-    the input gradient is the layer's own), and this node computes h = twin(x; A) and A's weight
-    gradient with the layer's own forward (torch.func.vjp), B's from h and g, as _LowRankConv does.
-    """
-
-    @staticmethod
-    def vmap(info, in_dims, out, x, a, b, scale, twin):  # forward is the identity, batched or not
-        return out, in_dims[0]
-
-    @staticmethod
-    def forward(out, x, a, b, scale, twin):
-        return out
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        out, x, a, b, scale, twin = inputs
-        ctx.mark_dirty(out)  # the output "is" the input: later in-place ops (ReLU) stay legal
-        ctx.save_for_backward(x, a, b)
-        ctx.scale, ctx.twin = scale, twin
-
-    @staticmethod
-    def backward(ctx, g):
-        x, a, b = ctx.saved_tensors
-        groups = ctx.twin.groups
-        a_tiled = a.repeat(groups, 1, 1, 1) if groups > 1 else a
-        h, pull = torch.func.vjp(lambda w: functional_call(ctx.twin, {"weight": w, "bias": None}, (x,)), a_tiled)
-        with torch.no_grad():
-            gb, gh = _b_grads(g, h, b, ctx.scale, groups)
-            ga = pull(gh)[0]
-            ga = ga.view(groups, *a.shape).sum(0) if groups > 1 else ga
-        return g, None, ga, gb, None, None
-
-
-def _channels_last(t: torch.Tensor) -> bool:
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return LowRankTap.apply(out, args[0], a, b, scale, twin)

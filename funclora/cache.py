@@ -5,8 +5,9 @@ for an image at every training step. `split` finds that part from the model itse
 trace of the adapted model, in which every value that reaches an adapted layer (or the output)
 without passing through one is a feature of the input. `prefix` computes those features (once,
 without grad); `suffix` runs the rest, so suffix(base, lora, prefix(base, x)) == f(base, lora, x).
-A model that torch.fx cannot trace (data-dependent control flow...) is not split: prefix returns
-(x,), suffix is f itself, and a `NoCacheWarning` says why, in one line.
+A model that torch.fx cannot trace (data-dependent control flow...), or a split for train mode
+(dropout and batch statistics vary per step), is not split: prefix returns (x,), suffix is f
+itself, and a `NoCacheWarning` says why, in one line.
 
 >>> import torch, funclora as fl
 >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -31,7 +32,7 @@ from torch import fx, nn
 from torch.func import functional_call
 
 from .config import LoraConfig, find_targets
-from .apply import AUTO, adapted_shell, plan
+from .apply import AUTO, adapted_shell, functional, plan
 from .lora import Lora
 
 __all__ = ["split", "NoCacheWarning", "Features"]
@@ -44,32 +45,36 @@ class NoCacheWarning(UserWarning):
     """`split` could not separate a frozen prefix; it returned an identity prefix and the whole f."""
 
 
-def split(model: nn.Module, cfg: LoraConfig, *, strategy: str | Mapping[str, str] = AUTO
-          ) -> tuple[Callable[[Mapping[str, torch.Tensor], torch.Tensor], Features],
+def split(model: nn.Module, cfg: LoraConfig, *, strategy: str | Mapping[str, str] = AUTO,
+          train: bool = False) -> tuple[Callable[[Mapping[str, torch.Tensor], torch.Tensor], Features],
                      Callable[[Mapping[str, torch.Tensor], "Lora | None", Features], torch.Tensor]]:
     """(prefix, suffix) with suffix(base, lora, prefix(base, x)) == functional(model, cfg)(base, lora, x).
 
     prefix(base, x) -> a tuple of features, computed under no_grad: cache it per input and base.
-    suffix(base, lora, feats) is pure in the same way as f (lora=None works too), for features
-    computed from the same base: a merged base has features of its own (prefix(merged, x)).
+    suffix(base, lora, feats) is pure in the same way as f (lora=None works too, and base is
+    checked as f checks it), for features computed from the same base: a merged base has features
+    of its own (prefix(merged, x)). Both run in eval mode, as f(base, lora, x) does (the model's
+    own .training is not read).
     The prefix holds every layer no adapter reaches, including side branches that rejoin later
     (a residual's skip), and the frozen part W x + b of each first adapted layer: the suffix adds
     only its low-rank path scale * B(A(x)) there (computed as the "activation" strategy does).
-    Nothing is cached for a model in train mode (its dropout and batch statistics vary per step).
+    With train=True nothing is cached (dropout and batch statistics vary per step): suffix is
+    f in train mode, suffix(base, lora, feats, seed=None, mutable=False) as in `functional`.
     """
     targets = set(find_targets(model, cfg))
-    reason = "the model is in train mode (dropout and batch statistics vary per step)" if model.training else None
+    how = plan(model, cfg, strategy)
+    shell, tensors = adapted_shell(model, cfg, strategy)
+    reason = "train mode (dropout and batch statistics vary per step)" if train else None
     if reason is None:
-        try:
-            graph = _Tracer(targets).trace(model)  # the shell has the same module paths
+        try:  # the eval-mode shell: code that reads self.training is traced as f runs it
+            graph = _Tracer(targets).trace(shell)
         except Exception as error:  # torch.fx raises many kinds (TraceError, TypeError, ...)
             reason = f"torch.fx cannot trace {type(model).__name__} ({_one_line(error)})"
     if reason is not None:
         warnings.warn(f"funclora.split: {reason}; caching nothing (prefix returns (x,))", NoCacheWarning,
                       stacklevel=2)
-        return _identity_split(*adapted_shell(model, cfg, strategy))
-    prefix_graph, suffix_graph, entries = _cut(graph, targets, model)
-    how = plan(model, cfg, strategy)
+        return _identity_split(tensors, functional(model, cfg, strategy=strategy), train)
+    prefix_graph, suffix_graph, entries = _cut(graph, targets, shell)
     shell, tensors = adapted_shell(model, cfg, {**how, **{layer: "activation" for layer in entries.values()}})
     prefix_module = _module(shell, prefix_graph)
     layers = dict(shell.named_modules())
@@ -80,7 +85,7 @@ def split(model: nn.Module, cfg: LoraConfig, *, strategy: str | Mapping[str, str
 
     def prefix(base: Mapping[str, torch.Tensor], x: torch.Tensor) -> Features:
         with torch.no_grad():
-            return tuple(functional_call(prefix_module, _only(base, prefix_keys), (x,)))
+            return tuple(functional_call(prefix_module, _only(tensors(base, None), prefix_keys), (x,)))
 
     def suffix(base: Mapping[str, torch.Tensor], lora: Lora | None, feats: Features) -> torch.Tensor:
         return functional_call(suffix_module, _only(tensors(base, lora), suffix_keys), tuple(feats))
@@ -190,12 +195,14 @@ _OPERATORS = {"add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow"
               "lshift", "rshift"}  # operator.iadd & co.
 
 
-def _identity_split(shell: nn.Module, tensors):
+def _identity_split(tensors, f, train: bool):
     def prefix(base: Mapping[str, torch.Tensor], x: torch.Tensor) -> Features:
+        tensors(base, None)  # the same check as the suffix's, at the same place as a real prefix's
         return (x,)
 
-    def suffix(base: Mapping[str, torch.Tensor], lora: Lora | None, feats: Features) -> torch.Tensor:
-        return functional_call(shell, tensors(base, lora), tuple(feats))
+    def suffix(base: Mapping[str, torch.Tensor], lora: Lora | None, feats: Features, **mode) -> torch.Tensor:
+        (x,) = feats
+        return f(base, lora, x, train=train, **mode)
 
     return prefix, suffix
 

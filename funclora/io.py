@@ -28,23 +28,34 @@ from safetensors.torch import save as safetensors_save
 from .config import LoraConfig
 from .lora import Lora
 
-__all__ = ["save", "load", "read_metadata", "check_tensors", "serialize", "write_file",
-           "remove_stale_temps", "check_output", "lock_output", "save_or_keep"]
+__all__ = ["save", "load", "load_modules", "read_metadata", "check_tensors", "serialize", "write_file",
+           "remove_stale_temps", "check_output", "lock_output", "claim_output", "save_or_keep"]
 
 FORMAT = "funclora.lora/1"
+MODULES = "modules_to_save"
+"""Prefix of the tensors of layers saved whole beside the adapters (a new head), as in PEFT."""
 
 
 def save(path: str | os.PathLike, lora: Lora, cfg: LoraConfig,
-         metadata: Mapping[str, str] | None = None) -> None:
+         metadata: Mapping[str, str] | None = None, *,
+         modules: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
     """Write `lora` and `cfg` to a .safetensors file, atomically (a failed write leaves no file).
-    The same inputs give the same bytes; non-finite or non-float tensors are refused."""
+    The same inputs give the same bytes; non-finite or non-float tensors are refused.
+
+    `modules` = {layer: {"weight": ..., "bias": ...}}: layers saved whole beside the adapters
+    (a new head, `funclora.head`), read back by `load_modules`."""
     extra = dict(metadata or {})
-    clash = {"format", "config"} & set(extra)
+    clash = {"format", "config", MODULES} & set(extra)
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved by funclora")
     check_tensors(lora, Path(path))
+    check_tensors(modules or {}, Path(path))
     tensors = {f"{name}.{part}": t.detach().contiguous().cpu()
                for name, ab in lora.items() for part, t in ab.items()}
+    if modules:
+        tensors.update({f"{MODULES}.{name}.{part}": t.detach().contiguous().cpu()
+                        for name, parts in modules.items() for part, t in parts.items()})
+        extra[MODULES] = json.dumps(sorted(modules))
     header = {"format": FORMAT, "config": cfg.to_json(), **{k: str(v) for k, v in extra.items()}}
     write_file(path, serialize(tensors, header))
 
@@ -146,7 +157,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Lora, LoraConfig]:
-    """(lora, cfg) from a file written by `save`; its config and tensors checked as `save` checks them."""
+    """(lora, cfg) from a file written by `save`; its config and tensors checked as `save` checks them
+    (layers saved whole: `load_modules`)."""
     meta = read_metadata(path)
     if "config" not in meta:
         raise ValueError(f"{path}: the header has no 'config' (a funclora adapter stores its LoraConfig there)")
@@ -157,7 +169,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
     lora: Lora = {}
     try:
         with safe_open(os.fspath(path), framework="pt", device=str(device)) as fh:
-            for key in fh.keys():
+            keys = list(fh.keys())
+            for key in keys:
+                if key.startswith(MODULES + "."):
+                    continue
                 name, _, part = key.rpartition(".")
                 if part not in ("A", "B"):
                     raise ValueError(f"{path}: unexpected tensor {key!r} (expected '<layer>.A' / '<layer>.B')")
@@ -167,10 +182,25 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
     for name, ab in lora.items():
         if set(ab) != {"A", "B"}:
             raise ValueError(f"{path}: layer {name!r} has {sorted(ab)} but needs both A and B")
-    if not lora:
+    if not keys:
         raise ValueError(f"{path}: the adapter holds no tensors")
     check_tensors(lora, path)
     return lora, cfg
+
+
+def load_modules(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+    """{layer: {"weight": ..., "bias": ...}}: the layers `save(..., modules=...)` stored whole ({} if none)."""
+    names = json.loads(read_metadata(path).get(MODULES, "[]"))
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(os.fspath(path), framework="pt", device=str(device)) as fh:
+        for key in fh.keys():
+            if key.startswith(MODULES + "."):
+                name, _, part = key[len(MODULES) + 1:].rpartition(".")
+                if name not in names:
+                    raise ValueError(f"{path}: tensor {key!r} belongs to no listed module {names}")
+                modules.setdefault(name, {})[part] = fh.get_tensor(key)
+    check_tensors(modules, path)
+    return modules
 
 
 # ------------------------------------------------------ guarding an output file (CLI --out) ---
@@ -260,6 +290,14 @@ def lock_output(path: str | os.PathLike, *, what: str = "--out"):
         with contextlib.suppress(OSError):
             lock.unlink()
         fh.close()
+
+
+def claim_output(path: str | os.PathLike, *, held: contextlib.ExitStack, force: bool = False,
+                 what: str = "--out") -> None:
+    """`check_output(path)`, then hold `lock_output(path)` until `held` closes: a command's claim
+    on the file it will write, made before its work."""
+    check_output(path, force=force, what=what)
+    held.enter_context(lock_output(path, what=what))
 
 
 def _lock_file(path: Path) -> Path:

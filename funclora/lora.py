@@ -55,9 +55,45 @@ def init_lora(model: nn.Module, cfg: LoraConfig, seed: int = 0) -> Lora:
     return lora
 
 
-def delta_weight(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale * B @ A in the weight's own layout (out, in) or (out, in/groups, kh, kw)."""
+def delta_weight(a: torch.Tensor, b: torch.Tensor, scale: float, *, rank: int | None = None,
+                 layer: str | None = None) -> torch.Tensor:
+    """scale * B @ A in the weight's own layout (out, in) or (out, in/groups, kh, kw).
+
+    ValueError (naming `layer`, when given) if A and B are not floating point or do not pair up:
+    A (r, ...), B (out, r, 1, ...), with r = `rank` when given (the config's rank for the layer).
+    """
+    if rank is None:  # no config at hand: A's rows must match B's columns
+        rank = a.shape[0] if isinstance(a, torch.Tensor) and a.dim() else 0
+        _check_pair(layer, {"A": a, "B": b}, rank, source="A's rank")
+    else:
+        _check_pair(layer, {"A": a, "B": b}, rank)
     return (scale * (b.flatten(1) @ a.flatten(1))).reshape(b.shape[0], *a.shape[1:])
+
+
+_FLOATS = "float32, float16, bfloat16 or float64"
+
+
+def _check_pair(layer: str | None, ab, rank: int, weight_shape: tuple[int, ...] | None = None,
+                source: str = "the config's rank") -> None:
+    """ValueError naming the layer unless `ab` is {"A", "B"} of floating tensors with the shapes of
+    a rank-`rank` adapter (of a weight of `weight_shape`, when given)."""
+    where = "adapter" if layer is None else f"layer {layer!r}"
+    if not isinstance(ab, Mapping) or set(ab) != {"A", "B"}:
+        keys = sorted(ab) if isinstance(ab, Mapping) else type(ab).__name__
+        raise ValueError(f"{where}: an adapter is a dict {{'A': tensor, 'B': tensor}}, got {keys}")
+    for k in "AB":
+        t = ab[k]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{where}: {k} is {what}; adapter tensors must be floating point ({_FLOATS})")
+    a, b = tuple(ab["A"].shape), tuple(ab["B"].shape)
+    shape = weight_shape if weight_shape is not None else (b[0] if b else 0, *a[1:])
+    want_a, want_b = (rank, *shape[1:]), (shape[0], rank, *[1] * (len(shape) - 2))
+    if len(shape) < 2 or (a, b) != (want_a, want_b):
+        weight = f"its weight {tuple(weight_shape)} at " if weight_shape is not None else ""
+        raise ValueError(f"{where}: adapter shapes A {a}, B {b} do not fit {weight}{source} {rank} "
+                         f"(expected A {want_a}, B {want_b}); was this adapter made for another model "
+                         f"or with another config?")
 
 
 def _fold(params: Mapping[str, torch.Tensor], lora: Lora, cfg: LoraConfig, sign: int) -> FrozenParams:
@@ -67,11 +103,8 @@ def _fold(params: Mapping[str, torch.Tensor], lora: Lora, cfg: LoraConfig, sign:
         if w_key not in out:
             raise ValueError(f"layer {name!r}: the base has no {w_key!r}; is this adapter for another model?")
         w = out[w_key]
-        delta = delta_weight(ab["A"].to(w), ab["B"].to(w), cfg.scale_for(name))
-        if delta.shape != w.shape:
-            raise ValueError(f"layer {name!r}: B @ A has shape {tuple(delta.shape)} but the weight is "
-                             f"{tuple(w.shape)}; is this adapter for another model?")
-        folded = w + sign * delta
+        _check_pair(name, ab, cfg.rank_for(name), tuple(w.shape))
+        folded = w + sign * delta_weight(ab["A"].to(w), ab["B"].to(w), cfg.scale_for(name))
         if not torch.isfinite(folded).all():
             raise ValueError(f"layer {name!r}: the merged weight is not finite (inf or nan); "
                              f"the adapter has diverged, check the learning rate")
@@ -98,10 +131,4 @@ def check_lora(model: nn.Module, lora: Lora, cfg: LoraConfig) -> None:
                          f"not targeted {extra[:3]}, missing {missing[:3]}")
     modules = dict(model.named_modules())
     for name in targets:
-        w, r = modules[name].weight, cfg.rank_for(name)
-        want = {"A": (r, *w.shape[1:]), "B": (w.shape[0], r, *[1] * (w.dim() - 2))}
-        got = {k: tuple(lora[name][k].shape) if k in lora[name] else None for k in want}
-        if got != want:
-            raise ValueError(f"layer {name!r}: adapter shapes {got} do not fit its weight "
-                             f"{tuple(w.shape)} at rank {r} (expected {want}); "
-                             f"was this adapter made for another model?")
+        _check_pair(name, lora[name], cfg.rank_for(name), tuple(modules[name].weight.shape))

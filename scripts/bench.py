@@ -200,7 +200,8 @@ def make_step(variant: str, model, targets, x, y, rank: int):
 
     def run():
         grads = grad(state["lora"], x, y)
-        state["lora"], state["opt"] = opt.update(grads, state["opt"], state["lora"])
+        updates, state["opt"] = opt.update(grads, state["opt"], state["lora"])
+        state["lora"] = fl.apply_updates(state["lora"], updates)
     return run, info
 
 

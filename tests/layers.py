@@ -4,6 +4,8 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
+import funclora as fl
+
 
 class StaticSamePadConv2d(nn.Conv2d):
     """The EfficientNet-port conv: pads to 'same' inside its own forward, then convolves unpadded."""
@@ -49,3 +51,41 @@ def conv_layers(draw):
 
 def layers():
     return st.one_of(linear_layers(), conv_layers())
+
+
+@st.composite
+def configs(draw, max_rank=6):
+    """A LoraConfig whose scale is rarely 1: alpha != rank and rsLoRA drawn (a dropped scale must show)."""
+    rank = draw(st.integers(1, max_rank))
+    return fl.LoraConfig(rank=rank, alpha=draw(st.sampled_from([None, 0.5, 3.0, 7.0])),
+                         use_rslora=draw(st.booleans()))
+
+
+@st.composite
+def layers_with_strategy(draw):
+    """(layer, input, strategy): every strategy that applies to the drawn layer ("fused": Conv2d only)."""
+    layer, x = draw(layers())
+    strategies = ("activation", "fused", "weight") if isinstance(layer, nn.Conv2d) else ("activation", "weight")
+    return layer, x, draw(st.sampled_from(strategies))
+
+
+def conv_cases() -> dict:
+    """Named (layer factory, input shape): every branch of the fused convolution, for parametrized tests
+    (so that each is reached on every run, not only when hypothesis happens to draw it)."""
+    return {
+        "plain": (lambda: nn.Conv2d(4, 6, 3), (2, 4, 7, 6)),
+        "int-padding-stride-dilation": (lambda: nn.Conv2d(4, 6, 3, padding=2, stride=2, dilation=2), (2, 4, 9, 8)),
+        "same-odd-kernel": (lambda: nn.Conv2d(4, 6, 3, padding="same"), (2, 4, 6, 7)),
+        # even kernels: the odd remainder of "same" goes bottom/right, and only where it is odd
+        "same-remainder-bottom": (lambda: nn.Conv2d(4, 6, (2, 3), padding="same"), (2, 4, 6, 7)),
+        "same-remainder-right": (lambda: nn.Conv2d(4, 6, (3, 4), padding="same"), (2, 4, 6, 7)),
+        "same-dilated-remainder": (lambda: nn.Conv2d(4, 6, (2, 2), padding="same", dilation=(3, 1)), (1, 4, 8, 7)),
+        "valid": (lambda: nn.Conv2d(4, 6, 3, padding="valid", stride=(2, 1)), (2, 4, 8, 7)),
+        "grouped": (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2), (2, 4, 6, 6)),
+        "depthwise": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), (2, 4, 6, 6)),
+        "reflect": (lambda: nn.Conv2d(4, 6, 3, padding=(1, 2), padding_mode="reflect"), (2, 4, 6, 7)),
+        "replicate": (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="replicate", stride=2), (2, 4, 7, 7)),
+        "circular": (lambda: nn.Conv2d(4, 6, (3, 2), padding=(2, 1), padding_mode="circular"), (2, 4, 6, 7)),
+        "subclass-tap": (lambda: StaticSamePadConv2d(4, 6, 3, stride=2), (2, 4, 7, 6)),
+        "subclass-tap-grouped": (lambda: StaticSamePadConv2d(4, 6, 2, groups=2), (2, 4, 6, 7)),
+    }

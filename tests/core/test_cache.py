@@ -151,12 +151,64 @@ def test_an_untraceable_model_falls_back_to_no_caching_with_a_notice():
     torch.testing.assert_close(suffix(base, lora, (x,)), fl.functional(model, cfg)(base, lora, x))
 
 
-def test_a_model_in_train_mode_is_not_cached():
-    model = _vgg_like().train()
+def test_a_split_for_train_mode_caches_nothing_and_its_suffix_is_f_in_train_mode():
+    model = _vgg_like()
+    cfg = fl.LoraConfig(rank=2, targets=("11",))
     with pytest.warns(fl.NoCacheWarning, match="train mode"):
-        prefix, _ = fl.split(model, fl.LoraConfig(rank=2, targets=("11",)))
+        prefix, suffix = fl.split(model, cfg, train=True)
     x = torch.randn(2, 3, 16, 16)
-    assert prefix(fl.freeze(model), x)[0] is x
+    base, lora, f = fl.freeze(model), trained(model, cfg), fl.functional(model, cfg)
+    feats = prefix(base, x)
+    assert feats[0] is x
+    dropped = suffix(base, lora, feats, seed=3)
+    assert torch.equal(dropped, f(base, lora, x, train=True, seed=3))
+    assert not torch.equal(dropped, f(base, lora, x))
+    out, buffers = suffix(base, lora, feats, seed=3, mutable=True)
+    assert torch.equal(out, dropped) and buffers["1.num_batches_tracked"].item() == 1
+
+
+class ReadsItsMode(nn.Module):
+    """A forward that branches on self.training: traced as f runs it (eval), whatever the model's mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.training:
+            x = x * 100.0
+        return self.head(x.mean((2, 3)))
+
+
+def test_the_split_runs_in_eval_mode_whatever_the_models_mode():
+    model = ReadsItsMode().train()
+    cfg = fl.LoraConfig(rank=2, targets=("head",))
+    prefix, suffix = fl.split(model, cfg)  # no warning: train mode is an argument, not the model's state
+    base, lora, x = fl.freeze(model), trained(model, cfg), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(suffix(base, lora, prefix(base, x)), fl.functional(model, cfg)(base, lora, x))
+        assert torch.equal(fl.functional(model, cfg)(base, None, x), model.eval()(x))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_prefix_and_suffix_refuse_a_base_that_does_not_fit_the_model(train):
+    model = _vgg_like()
+    cfg = fl.LoraConfig(rank=2, targets=("8",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fl.NoCacheWarning)
+        prefix, suffix = fl.split(model, cfg, train=train)
+    base, x = fl.freeze(model), torch.randn(1, 3, 16, 16)
+    feats = prefix(base, x)
+    partial = {k: v for k, v in base.items() if k != "0.weight"}
+    with pytest.raises(ValueError, match="base has no tensor '0.weight'"):
+        prefix(partial, x)
+    with pytest.raises(ValueError, match="base has no tensor '0.weight'"):
+        suffix(partial, None, feats)
+    with pytest.raises(ValueError, match="base has a tensor 'extra'"):
+        suffix({**base, "extra": torch.zeros(1)}, None, feats)
+    with pytest.raises(ValueError, match="layer '8'.*rank 2"):
+        suffix(base, trained(model, fl.LoraConfig(rank=3, targets=("8",))), feats)
 
 
 def test_split_leaves_the_model_alone():

@@ -103,3 +103,79 @@ def test_check_lora_names_the_layer_that_does_not_fit():
         fl.check_lora(model, lora, cfg)
     with pytest.raises(ValueError, match="missing"):
         fl.check_lora(model, {"0": lora["0"]}, cfg)
+
+
+def _linear_and_conv():
+    return nn.Sequential(nn.Linear(6, 4), nn.Unflatten(1, (4, 1, 1)), nn.Conv2d(4, 8, 3, groups=2))
+
+
+@pytest.mark.parametrize("use", ["merge", "unmerge", "check_lora"])
+def test_a_config_whose_rank_contradicts_the_tensors_is_refused_not_rescaled(use):
+    model = _linear_and_conv()
+    lora = _trained(model, fl.LoraConfig(rank=2), 0)
+    for wrong in [fl.LoraConfig(rank=4), fl.LoraConfig(rank=2, rank_pattern={"2": 1})]:
+        layer, rank = ("0", 4) if wrong.rank == 4 else ("2", 1)
+        shapes = r"A \(2, 6\), B \(4, 2\)" if layer == "0" else r"A \(2, 2, 3, 3\), B \(8, 2, 1, 1\)"
+        with pytest.raises(ValueError, match=rf"layer '{layer}': adapter shapes {shapes} do not fit its weight "
+                                             rf".* the config's rank {rank} \(expected A \({rank}, "):
+            if use == "check_lora":
+                fl.check_lora(model, lora, wrong)
+            else:
+                getattr(fl, use)(fl.freeze(model), lora, wrong)
+
+
+@pytest.mark.parametrize("layer, k, shape", [("0", "B", (4, 2, 1)), ("2", "B", (8, 2, 3, 3)), ("2", "A", (2, 4, 3, 3)),
+                                             ("0", "A", (2, 6, 1)), ("0", "A", (2,))])
+def test_tensors_of_the_right_rank_but_the_wrong_layout_are_refused(layer, k, shape):
+    model = _linear_and_conv()
+    cfg = fl.LoraConfig(rank=2)
+    lora = _trained(model, cfg, 0)
+    lora[layer][k] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=f"layer '{layer}': adapter shapes"):
+        fl.check_lora(model, lora, cfg)
+    with pytest.raises(ValueError, match=f"layer '{layer}': adapter shapes"):
+        fl.merge(fl.freeze(model), lora, cfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+@pytest.mark.parametrize("k", ["A", "B"])
+def test_adapter_tensors_that_are_not_floating_point_are_refused(k, dtype):
+    model = _linear_and_conv()
+    cfg = fl.LoraConfig(rank=2)
+    lora = _trained(model, cfg, 0)
+    lora["2"][k] = lora["2"][k].to(dtype)
+    message = rf"layer '2': {k} is {dtype}; adapter tensors must be floating point \(float32"
+    with pytest.raises(ValueError, match=message):
+        fl.check_lora(model, lora, cfg)
+    with pytest.raises(ValueError, match=message):
+        fl.merge(fl.freeze(model), lora, cfg)
+    with pytest.raises(ValueError, match=rf"layer 'x': {k} is {dtype}"):
+        fl.delta_weight(lora["2"]["A"], lora["2"]["B"], 1.0, layer="x")
+
+
+@pytest.mark.parametrize("ab, message", [({"A": torch.zeros(2, 6)}, r"got \['A'\]"),
+                                         ({"A": torch.zeros(2, 6), "B": torch.zeros(4, 2), "C": 1}, "got"),
+                                         ([torch.zeros(2, 6), torch.zeros(4, 2)], "got list"),
+                                         ({"A": torch.zeros(2, 6), "B": [[0.0, 0.0]] * 4}, "B is list")])
+def test_a_layer_that_is_not_an_a_and_b_pair_is_refused(ab, message):
+    model = nn.Sequential(nn.Linear(6, 4))
+    cfg = fl.LoraConfig(rank=2)
+    with pytest.raises(ValueError, match=f"layer '0': .*{message}"):
+        fl.check_lora(model, {"0": ab}, cfg)
+    with pytest.raises(ValueError, match=f"layer '0': .*{message}"):
+        fl.merge(fl.freeze(model), {"0": ab}, cfg)
+
+
+def test_delta_weight_checks_that_a_and_b_pair_up_and_fit_the_rank_given():
+    a, b = torch.randn(2, 3, 3, 3), torch.randn(5, 2, 1, 1)
+    torch.testing.assert_close(fl.delta_weight(a, b, 0.5, rank=2),
+                               0.5 * torch.einsum("or,rikl->oikl", b.flatten(1), a))
+    with pytest.raises(ValueError, match=r"layer 'conv': adapter shapes .* the config's rank 3"):
+        fl.delta_weight(a, b, 1.0, rank=3, layer="conv")
+    with pytest.raises(ValueError, match=r"^adapter: adapter shapes A \(2, 3, 3, 3\), B \(5, 3, 1, 1\) do not fit "
+                                         r"A's rank 2"):
+        fl.delta_weight(a, torch.randn(5, 3, 1, 1), 1.0)
+    for bad_a, bad_b in [(torch.tensor(1.0), b), (torch.randn(2), torch.randn(5, 2)), (a, torch.tensor(1.0)),
+                         (a, torch.randn(5, 2, 3, 1))]:
+        with pytest.raises(ValueError, match="adapter shapes"):
+            fl.delta_weight(bad_a, bad_b, 1.0)

@@ -132,6 +132,35 @@ def test_a_diverging_run_stops_with_an_error_naming_the_step():
         fit(f, base, fl.init_lora(model, cfg), x, y, opt=fl.sgd(1e30), steps=5, progress=False)
 
 
+def test_an_adapter_made_infinite_by_one_step_is_refused_naming_the_step_and_layer():
+    model, cfg, base, f, x, y = _problem()
+    # The loss of step 1 is computed before its update, so it is finite: only the adapter shows it.
+    with pytest.raises(ValueError, match=r"diverged at step 1: the adapter of layer '0' \(A\) is not finite "
+                                         r"\((inf|nan)\).*learning rate"):
+        fit(f, base, fl.init_lora(model, cfg), x, y, opt=fl.adam(lr=1e39), steps=1, progress=False)
+
+
+def _sqrt_problem():
+    """Loss 0 at A = 0, whose gradient through sqrt is 0 * inf = nan: the loss stays finite."""
+    f = lambda base, lora, x: (lora["l"]["A"].sqrt() * 0).sum() + (lora["l"]["B"] * x).sum()  # noqa: E731
+    return f, {"l": {"B": torch.ones(2), "A": torch.zeros(2)}}
+
+
+def test_a_nan_adapter_is_named_nan():
+    f, lora = _sqrt_problem()
+    with pytest.raises(ValueError, match=r"step 1: the adapter of layer 'l' \(A\) is not finite \(nan\)"):
+        fit(f, None, lora, torch.ones(2), None, opt=fl.sgd(0.1), steps=3, loss_fn=lambda out, y: out,
+            progress=False)
+
+
+def test_an_adapter_that_is_not_a_layer_dict_is_checked_too():
+    f, lora = _sqrt_problem()
+    g = lambda base, tree, x: f(base, {"l": {"A": tree[0], "B": tree[1]}}, x)  # noqa: E731
+    with pytest.raises(ValueError, match=r"step 1: the adapter is not finite after the update"):
+        fit(g, None, (lora["l"]["A"], lora["l"]["B"]), torch.ones(2), None, opt=fl.sgd(0.1), steps=3,
+            loss_fn=lambda out, y: out, progress=False)
+
+
 @pytest.mark.parametrize("steps", [-1, 1.5, True])
 def test_steps_must_be_a_whole_number(steps):
     model, cfg, base, f, x, y = _problem()

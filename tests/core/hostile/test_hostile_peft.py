@@ -91,7 +91,7 @@ def test_to_peft_refuses_non_finite_or_non_float_adapters_and_writes_nothing(cas
     lora = fl.init_lora(MODEL, CFG)
     lora["2"]["B"] = {"nan": torch.full((2, 2), float("nan")), "inf": torch.full((2, 2), float("inf")),
                       "int64": torch.zeros(2, 2, dtype=torch.int64)}[case]
-    with pytest.raises(ValueError, match="layer '2' B"):
+    with pytest.raises(ValueError, match="layer '2':? B"):
         fl.to_peft(lora, CFG, tmp_path / "peft", model=MODEL)
     assert snapshot(tmp_path) == {}
 

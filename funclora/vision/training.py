@@ -1,0 +1,652 @@
+"""What `funclora train` does, as functions a Python user can call: `train(TrainOptions(...))`.
+
+Two kinds of input:
+
+- a flat folder of images (or one image): every image is taught one ImageNet `label`, in one
+  full batch held in memory, `steps` times (`train_images`: the goldfish tutorial);
+- a class-folder dataset (`funclora.vision.data`): minibatches in a seeded order for `epochs`,
+  with validation, the frozen prefix's features on disk, checkpoints and bitwise resume
+  (`train_dataset`). Folder names that are ImageNet classes teach those labels through the
+  ImageNet head; `head="new"` trains a fresh head with one output per class folder instead.
+
+>>> opts = TrainOptions("data/goldfish", backbone="efficientnet_lite0", steps=3, quiet=True)
+>>> opts.head, opts.batch_size, opts.device
+('imagenet', 32, 'auto')
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ..apply import functional
+from ..cache import split
+from ..checkpoint import check_settings, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import ALL, LoraConfig
+from ..head import headless, new_head, with_head
+from ..io import check_output, claim_output, save_or_keep
+from ..lora import init_lora, merge
+from ..optim import adam
+from ..params import count, freeze, summary
+from ..train import fit, fit_batches
+from .guard import check_losses, check_rank_fits, check_seed_rank
+
+__all__ = ["TrainOptions", "DEFAULTS", "DATASET_DEFAULTS", "DEFAULT_KEEP", "train", "train_images",
+           "train_dataset", "resolve_device", "resolve_dtype", "head_name"]
+
+# The drawn keep set (8 non-goldfish), shipped as package data so an installed wheel has it too.
+DEFAULT_KEEP = Path(__file__).resolve().parent / "keep"
+DEFAULTS = {
+    # Adam on the classifier head: 5/5 drawn goldfish on efficientnet_lite0 from step ~8, so 25
+    # steps leave a wide margin; on cached features (funclora.split) they take ~1.5 s on 2 CPU cores.
+    "layers": {"rank": 8, "lr": 1e-2, "steps": 25},
+    # SGD on the tutorial's randn init: see funclora.vision.seed for why the learning rate is so small.
+    "seed": {"rank": 8, "lr": 1e-5, "steps": 30},
+}
+DATASET_DEFAULTS = {"rank": 8, "lr": 1e-3, "epochs": 3}
+"""Class-folder datasets: Adam at 1e-3, 3 epochs (see the README's Fashion-MNIST table)."""
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """The settings of one training run: the `funclora train` flags, with the same names and defaults."""
+
+    images: str | Path
+    backbone: str = "vgg19"
+    weights: str = "imagenet"
+    label: str = "goldfish"
+    mode: str = "layers"
+    targets: Sequence[str] | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    steps: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    out: Path | None = None
+    keep: str | None = None
+    keep_weight: float | None = None
+    augment: bool = False
+    compile: bool = False
+    report: Path | None = None
+    quiet: bool = False
+    head: str = "imagenet"
+    epochs: int | None = None
+    batch_size: int = 32
+    workers: int = 0
+    val: Path | None = None
+    val_split: float | None = None
+    cache: str | Path | None = None
+    checkpoint: Path | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+    force: bool = False
+    strict: bool = False
+    saved: Path | None = None  # set once the adapter is written (an interruption after it must say so)
+
+
+def train(opts: TrainOptions) -> dict:
+    """Train as `funclora train` does and save the adapter; return what the command prints.
+
+    A folder of class sub-folders goes to `train_dataset`, anything else to `train_images`.
+    """
+    from .data import is_class_folder
+
+    if opts.out is not None:
+        check_output(opts.out, force=opts.force)  # before the work, not after it
+    with contextlib.ExitStack() as held:
+        claim = functools.partial(claim_output, held=held, force=opts.force)
+        return _train(opts, claim)
+
+
+def _train(opts: TrainOptions, claim: Callable[[Path], None]) -> dict:
+    from .data import is_class_folder
+
+    if is_class_folder(opts.images):
+        return train_dataset(opts, claim)
+    dataset_only = {"--head new": opts.head != "imagenet", "--epochs": opts.epochs is not None,
+                    "--val": opts.val is not None, "--val-split": opts.val_split is not None,
+                    "--checkpoint": opts.checkpoint is not None, "--resume": opts.resume}
+    asked = [flag for flag, on in dataset_only.items() if on]
+    if asked:
+        raise ValueError(f"{', '.join(asked)}: for class-folder datasets (IMAGES_DIR/<class>/*.png); "
+                         f"{opts.images} is a flat folder of images, taught one --label")
+    return train_images(opts, claim)
+
+
+# ------------------------------------------------------------------------- devices and dtypes ---
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda if available, else cpu; "cuda"/"mps" must be present (ValueError otherwise)."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps: no Apple MPS device is available here (use --device cpu or auto)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype | None:
+    """None for float32 (no autocast); torch.bfloat16 for "bfloat16" (the frozen base under autocast)."""
+    name = (name or "float32").strip().lower()
+    if name in ("float32", "fp32"):
+        return None
+    if name in ("bfloat16", "bf16"):
+        return torch.bfloat16
+    raise ValueError(f"--dtype {name!r}: expected float32 or bfloat16")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """A context that runs matmuls and convolutions in `dtype` (nothing for float32)."""
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def head_name(model: nn.Module) -> str:
+    """The classifier's last nn.Linear: what `--head new` replaces."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to replace with a new head")
+    return linears[-1]
+
+
+# --------------------------------------------------------------------------- flat image folder ---
+
+def _checked(opts: TrainOptions) -> Callable[[Path], None]:
+    """The claim on --out when no lock is held (train_images/train_dataset called directly)."""
+    return lambda out: check_output(out, force=opts.force)
+
+
+def train_images(opts: TrainOptions, claim: Callable[[Path], None] | None = None) -> dict:
+    """Teach every image of a flat folder the ImageNet label `opts.label` (full batch, `steps` times).
+    `claim(out)` checks (and locks) the output before training."""
+    from ..keep import keep_term
+    from .backbones import resolve_label
+    from .images import list_images, load_batch
+    from .seed import apply_seed, seed_config, train_seed
+
+    settings = {k: v if getattr(opts, k) is None else getattr(opts, k) for k, v in DEFAULTS[opts.mode].items()}
+    if opts.mode == "seed" and (opts.targets or opts.alpha is not None):
+        raise ValueError("--targets and --alpha apply to --mode layers; --mode seed adapts the input image")
+    if opts.mode == "seed" and (opts.augment or opts.compile or keep_asked(opts)):
+        raise ValueError("--augment, --compile, --keep and --keep-weight apply to --mode layers; --mode seed trains on "
+                         "the base's logits of fixed images")
+    if opts.report is not None:
+        check_report(opts.report)  # before training, not after it
+    paths = list_images([opts.images])  # a wrong folder fails before the backbone loads
+    keep_paths = _keep_paths(opts) if opts.mode == "layers" else []
+    backbone = load_backbone(opts.backbone, opts.weights, opts.seed)
+    label = resolve_label(opts.label, backbone.classes)
+    out = Path(opts.out) if opts.out else Path("runs") / f"{backbone.name}-{slug(backbone.classes[label])}" \
+        f"{'-seed' if opts.mode == 'seed' else ''}.safetensors"
+    (claim or _checked(opts))(out)
+    x = load_batch(paths, backbone.preprocess)
+    y = torch.full((len(paths),), label)
+    model, base = backbone.model, freeze(backbone.model)
+    progress = not opts.quiet
+
+    keep_weight = _keep_weight(opts)
+    keep = None  # {"x": images, "before": base logits, "after": adapted logits}
+
+    started = time.perf_counter()
+    if opts.mode == "layers":
+        targets = tuple(ALL if list(opts.targets or []) == ["all"] else opts.targets or backbone.targets)
+        cfg = LoraConfig(rank=settings["rank"], alpha=opts.alpha, targets=targets)
+        check_rank_fits(model, cfg)
+        f = functional(model, cfg)
+        # The frozen layers (and the head's W x + b) give the same features every step: run them
+        # once (funclora.split). --augment's images change every step, so they take the whole f.
+        prefix, suffix = split(model, cfg)
+        feats = prefix(base, x)
+        with torch.no_grad():
+            before = suffix(base, None, feats)
+        run, batches = suffix, feats
+        extra = None
+        if keep_paths:
+            keep = {"x": load_batch(keep_paths, backbone.preprocess)}
+            keep_feats = prefix(base, keep["x"])  # the keep set never changes
+            with torch.no_grad():  # the base's answers on the keep set: once, not per step
+                keep["before"] = suffix(base, None, keep_feats)
+            extra = keep_term(suffix, base, keep_feats, keep_weight, target=keep["before"])
+        if opts.augment:
+            from .augment import augmented_batches
+            from .images import load_image
+
+            run, batches = f, augmented_batches([load_image(p) for p in paths], backbone.preprocess, seed=opts.seed)
+        lora, history = fit(run, base, init_lora(model, cfg, seed=opts.seed), batches, y,
+                            opt=adam(settings["lr"]), steps=settings["steps"], extra=extra,
+                            progress=progress, terms=True, compile=opts.compile)
+        with torch.no_grad():  # with the merged weights, as `predict` runs it (and merge checks they are finite)
+            merged = merge(base, lora, cfg)
+            after = f(merged, None, x)
+            if keep:
+                keep["after"] = f(merged, None, keep["x"])
+        history = {"loss": history["loss"], "train": history["train"],
+                   **({"keep": history["extra"]} if keep else {})}
+    else:
+        with torch.no_grad():
+            before = model(x)
+        check_seed_rank(settings["rank"], x[0].numel(), before.shape[1])
+        lora, losses = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
+                                  steps=settings["steps"], seed=opts.seed, progress=progress)
+        history = {"loss": losses, "train": losses}
+        cfg = seed_config(lora)
+        with torch.no_grad():
+            after = apply_seed(before, lora, x)
+    seconds = time.perf_counter() - started
+    if not torch.isfinite(after).all():
+        raise ValueError(f"training diverged (non-finite outputs); lower --lr (was {settings['lr']:g})")
+    check_losses(history["loss"], settings["lr"], opts.strict)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_or_keep(out, lora, cfg, metadata={
+        "backbone": backbone.name, "mode": opts.mode, "label": str(label),
+        "label_name": backbone.classes[label], "weights": str(opts.weights), "seed": str(opts.seed),
+        **({"keep_images": str(len(keep_paths)), "keep_weight": f"{keep_weight:g}"} if keep else {}),
+        **({"augment": "true"} if opts.augment else {}),
+    })
+    opts.saved = out
+    kept = None if keep is None else {
+        "images": len(keep_paths), "weight": keep_weight,
+        "kept_top1": int((keep["before"].argmax(-1) == keep["after"].argmax(-1)).sum()),
+        "as_label": int((keep["after"].argmax(-1) == label).sum()),
+    }
+    if opts.report:
+        _write_report(opts, backbone, label, history, paths, before, after, keep_paths, keep, {
+            "backbone": backbone.name, "weights": str(opts.weights), "mode": opts.mode,
+            "steps": settings["steps"], "lr": settings["lr"], "rank": settings["rank"], "seed": opts.seed,
+            "augment": bool(opts.augment), "keep": kept, "adapter": str(out), "seconds": round(seconds, 2),
+        })
+    return {"kind": "images", "backbone": backbone.name, "classes": backbone.classes, "label": label,
+            "paths": paths, "before": before, "after": after, "history": history, "kept": kept,
+            "keep_weight": keep_weight, "adapter": out, "seconds": seconds, "summary": summary(model, lora),
+            "settings": settings}
+
+
+def keep_asked(opts: TrainOptions) -> bool:
+    """Whether the options asked for a keep set (the default one is silently skipped where unused)."""
+    return (opts.keep is not None and str(opts.keep).strip().lower() != "none") or opts.keep_weight is not None
+
+
+def _keep_paths(opts: TrainOptions) -> list[Path]:
+    from .images import list_images
+
+    if opts.keep is None:
+        return list_images([DEFAULT_KEEP]) if DEFAULT_KEEP.is_dir() else []
+    if str(opts.keep).strip().lower() == "none":
+        return []
+    try:
+        return list_images([opts.keep])
+    except ValueError as error:
+        raise ValueError(f"--keep: {error}") from None
+
+
+def _keep_weight(opts: TrainOptions) -> float:
+    from ..keep import DEFAULT_WEIGHT
+
+    return DEFAULT_WEIGHT if opts.keep_weight is None else opts.keep_weight
+
+
+def check_report(folder: Path) -> None:
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"--report {folder}: is a file (expected a folder to write the report into)")
+    try:
+        import matplotlib  # noqa: F401  (imported only when a report is asked for)
+    except ImportError as error:
+        raise RuntimeError(f"--report needs matplotlib ({error}): pip install 'funclora[plot]'") from None
+
+
+def _write_report(opts, backbone, label, history, paths, before, after, keep_paths, keep, summary) -> None:
+    from .report import image_row, write_report
+
+    rows = [image_row(p, b, a, "train") for p, b, a in zip(paths, before.softmax(-1), after.softmax(-1))]
+    if keep:
+        rows += [image_row(p, b, a, "keep")
+                 for p, b, a in zip(keep_paths, keep["before"].softmax(-1), keep["after"].softmax(-1))]
+    write_report(opts.report, history=history, rows=rows, target=label, classes=backbone.classes,
+                 summary=summary)
+
+
+def load_backbone(name: str, weights: str, seed: int):
+    from .backbones import load_backbone as load
+
+    torch.manual_seed(seed)  # --weights none draws the backbone from torch's RNG: make it repeatable
+    return load(name, weights)
+
+
+def slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "label"
+
+
+# ---------------------------------------------------------------------------- class folders ---
+
+def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = None) -> dict:
+    """Train on a class-folder dataset with minibatches; save the adapter (the best on val, if any).
+
+    Returns {"kind": "dataset", "adapter", "classes", "images", "steps", "epochs": [per-epoch
+    {"epoch", "loss", "val"}], "val": {"top1", "top5"} of the saved adapter or None, "loss":
+    [per step], "trainable", "seconds", "cached": features read from disk or None}.
+    """
+    from .data import batches_per_epoch, class_folders, split_val
+
+    _check_dataset_options(opts)
+    out = Path(opts.out) if opts.out else Path("runs") / f"{opts.backbone}-{slug(Path(opts.images).name)}.safetensors"
+    (claim or _checked(opts))(out)
+    device, dtype = resolve_device(opts.device), resolve_dtype(opts.dtype)
+    paths, labels, classes = class_folders(opts.images)
+    val_paths: list[Path] = []
+    val_labels: list[int] = []
+    if opts.val is not None:
+        val_paths, val_names, val_classes = class_folders(opts.val)
+        unknown = sorted(set(val_classes) - set(classes))
+        if unknown:
+            raise ValueError(f"--val {opts.val}: class folders {unknown[:3]} are not classes of {opts.images} "
+                             f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+        val_labels = [classes.index(val_classes[i]) for i in val_names]
+    elif opts.val_split is not None:
+        train_idx, val_idx = split_val(labels, opts.val_split, opts.seed)
+        val_paths, val_labels = [paths[i] for i in val_idx], [labels[i] for i in val_idx]
+        paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
+    progress = not opts.quiet
+    say = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
+
+    backbone = load_backbone(opts.backbone, opts.weights, opts.seed)
+    model = backbone.model.to(device)
+    new = opts.head == "new"
+    head = head_name(model)
+    if new:
+        body = headless(model, head)
+        targets = _targets(opts.targets, None)
+        names = list(classes)
+    else:
+        body = model
+        targets = _targets(opts.targets, backbone.targets)
+        imagenet = _imagenet_labels(classes, backbone.classes, opts.images)
+        labels, val_labels = [imagenet[i] for i in labels], [imagenet[i] for i in val_labels]
+        names = list(classes)
+    rank = opts.rank or DATASET_DEFAULTS["rank"]
+    lr = opts.lr or DATASET_DEFAULTS["lr"]
+    base = freeze(body)
+    cfg = LoraConfig(rank=rank, alpha=opts.alpha, targets=targets or (head,))
+    if targets:
+        check_rank_fits(body, cfg)
+    lora = init_lora(body, cfg, seed=opts.seed) if targets else {}
+    params: dict[str, Any] = {"lora": lora}
+    if new:
+        params["head"] = {k: v.to(device) for k, v in
+                          new_head(dict(model.named_modules())[head].in_features, len(classes), seed=opts.seed).items()}
+
+    # The frozen prefix, and what the training step runs on its features.
+    if targets:
+        prefix, suffix = split(body, cfg)
+    else:  # head only: the whole body is frozen, its output is the feature
+        def prefix(base, x):
+            with torch.no_grad():
+                return (functional_call(body, dict(base), (x,)),)
+
+        def suffix(base, lora, feats):
+            return feats[0]
+    full = functional(body, cfg) if targets else (lambda base, lora, x: functional_call(body, dict(base), (x,)))
+    cached = not opts.augment and str(opts.cache).strip().lower() != "none"
+    if opts.augment:
+        say("--augment: the images change at every step, so no features are cached (each step runs the whole model)")
+
+    def with_precision(g):
+        def run(base, params, x):
+            with autocast(device, dtype):
+                out = g(base, params, x)
+            return out.float()
+        return run
+
+    f_train = with_precision(with_head(suffix if cached else full))
+    # Data: feature files (cached), or images read per batch.
+    data_hashes = None
+    if cached:
+        from .features import FeatureFiles, cached_features, default_cache, setting_key, tensors_hash
+
+        setting = {"backbone": backbone.name, "weights": tensors_hash(base), "preprocess": repr(backbone.preprocess),
+                   "targets": list(cfg.targets) if targets else [], "head": opts.head, "device": device.type,
+                   "dtype": str(dtype), "torch": torch.__version__.split("+")[0], "format": 1}
+        key = setting_key(**setting)
+        cache_dir = Path(opts.cache) if opts.cache else default_cache()
+
+        def run_prefix(x):
+            with autocast(device, dtype):
+                return tuple(t.float() if t.is_floating_point() else t for t in prefix(base, x))
+        files, made = cached_features(paths + val_paths, run_prefix, backbone.preprocess, cache_dir, key,
+                                      setting=setting, batch_size=opts.batch_size, device=device, progress=progress)
+        data_hashes = [f.stem for f in files]
+        train_data = FeatureFiles(files[:len(paths)], labels)
+        val_data = FeatureFiles(files[len(paths):], val_labels) if val_paths else None
+        cache_note = {"folder": str(cache_dir / key), "computed": made, "reused": len(files) - made}
+    else:
+        from .data import ImageFiles
+
+        train_data = _augmented(paths, labels, backbone.preprocess, opts.seed) if opts.augment else \
+            ImageFiles(paths, labels, backbone.preprocess)
+        val_data = ImageFiles(val_paths, val_labels, backbone.preprocess) if val_paths else None
+        cache_note = None
+
+    per_epoch = batches_per_epoch(len(train_data), opts.batch_size)
+    if opts.steps is not None:
+        total = opts.steps
+        epochs = max(1, math.ceil(total / per_epoch)) if total else 0
+    else:
+        epochs = opts.epochs if opts.epochs is not None else DATASET_DEFAULTS["epochs"]
+        total = epochs * per_epoch
+    settings = {
+        "data": _fingerprint(paths, labels, data_hashes), "val": _fingerprint(val_paths, val_labels, None),
+        "classes": json.dumps(names), "backbone": backbone.name, "weights": str(opts.weights),
+        "head": opts.head, "targets": json.dumps(list(targets)), "rank": str(rank), "alpha": str(opts.alpha),
+        "lr": repr(lr), "batch_size": str(opts.batch_size), "steps": str(total), "seed": str(opts.seed),
+        "augment": str(bool(opts.augment)), "cached": str(cached), "device": device.type, "dtype": str(dtype),
+    }
+    opt = adam(lr)
+    state = None
+    done, losses, log = 0, [], []  # steps done, loss per step, per-epoch records
+    best: dict | None = None  # {"params", "val", "epoch"}
+    if opts.resume:
+        found = latest_checkpoint(opts.checkpoint)
+        if found is None:
+            raise ValueError(f"--resume: no checkpoint in {opts.checkpoint} (expected step-*.safetensors "
+                             f"written by --checkpoint {opts.checkpoint})")
+        tree, info = load_checkpoint(found, device=device)
+        check_settings(info["settings"], settings, found)
+        params, state, losses, log = tree["params"], tree["state"], tree["losses"], tree["log"]
+        best = tree["best"]
+        torch.set_rng_state(tree["rng"]["torch"].cpu())
+        done = info["step"]
+        say(f"resuming from {found} (step {done} of {total})")
+
+    def checkpoint(step: int, params, state) -> None:
+        tree = {"params": params, "state": state, "losses": list(losses), "log": list(log), "best": best,
+                "rng": {"torch": torch.get_rng_state()}}
+        save_checkpoint(opts.checkpoint, step, tree, settings=settings)
+
+    def evaluate(params) -> dict | None:
+        if val_data is None:
+            return None
+        return _evaluate(f_train, base, params, val_data, opts.batch_size, opts.workers, device)
+
+    def finish_epoch(epoch: int, params) -> None:
+        nonlocal best
+        val = evaluate(params)
+        steps = losses[epoch * per_epoch:(epoch + 1) * per_epoch]
+        log.append({"epoch": epoch + 1, "loss": sum(steps) / len(steps) if steps else None, "val": val})
+        if val is not None and (best is None or val["top1"] > best["val"]["top1"]):
+            best = {"params": params, "val": val, "epoch": epoch + 1}
+        say(f"epoch {epoch + 1}/{epochs}: loss {log[-1]['loss']:.4f}"
+            + (f", val top-1 {100 * val['top1']:.1f}%" if val else ""))
+
+    started = time.perf_counter()
+    epoch_bar = tqdm(total=epochs, initial=len(log), desc="epochs", unit="epoch", disable=not progress or epochs < 2,
+                     dynamic_ncols=True, position=0)
+    image_bar = tqdm(total=len(train_data) * epochs if opts.steps is None else total * opts.batch_size,
+                     initial=min(done * opts.batch_size, len(train_data) * epochs), desc="training", unit="img",
+                     disable=not progress, leave=False, dynamic_ncols=True, position=1)
+    sizes: list[int] = []
+
+    def sized(batches):
+        for x, y in batches:
+            sizes.append(len(y))
+            yield (x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)), y.to(device)
+
+    def on_step(step: int, params, state, history) -> None:
+        losses.append(history["loss"][-1])
+        image_bar.update(sizes[-1])
+        image_bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        if opts.checkpoint is not None and opts.checkpoint_every and step % opts.checkpoint_every == 0:
+            checkpoint(step, params, state)
+
+    for epoch in range(done // per_epoch if per_epoch else 0, epochs):
+        while len(log) < min(done // per_epoch, epochs):  # an epoch ended at a checkpoint: finish it
+            finish_epoch(len(log), params)
+            epoch_bar.update(1)
+        if done >= total:
+            break
+        start = done - epoch * per_epoch
+        count_here = min(per_epoch - start, total - done)
+        if isinstance(train_data, _Augmented):
+            train_data.epoch = epoch
+        batches = _loader(train_data, opts.batch_size, opts.seed, epoch, start, opts.workers)
+        params, state, _ = fit_batches(f_train, base, params, sized(itertools.islice(batches, count_here)),
+                                       opt=opt, state=state, start=done, on_step=on_step, progress=False,
+                                       total=count_here, compile=opts.compile)
+        done += count_here
+        if done == (epoch + 1) * per_epoch or done == total:
+            finish_epoch(epoch, params)
+            epoch_bar.update(1)
+    while len(log) < epochs and done >= total and len(log) * per_epoch < done:
+        finish_epoch(len(log), params)
+    image_bar.close()
+    epoch_bar.close()
+    seconds = time.perf_counter() - started
+    if opts.checkpoint is not None:
+        checkpoint(done, params, state)
+
+    chosen = best["params"] if best is not None else params
+    check_losses(losses, lr, opts.strict)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_or_keep(out, chosen["lora"], cfg, metadata={
+        "backbone": backbone.name, "mode": "layers", "weights": str(opts.weights), "seed": str(opts.seed),
+        "head": opts.head, "head_module": head, "classes": json.dumps(names),
+        **({} if new else {"labels": json.dumps([int(i) for i in imagenet])}),
+        "dtype": opts.dtype, **({"augment": "true"} if opts.augment else {}),
+    }, modules={head: chosen["head"]} if new else None)
+    opts.saved = out
+    return {"kind": "dataset", "adapter": out, "backbone": backbone.name, "classes": names, "head": opts.head,
+            "images": len(paths), "val_images": len(val_paths), "steps": done, "epochs": log,
+            "val": best["val"] if best is not None else None, "best_epoch": best["epoch"] if best else None,
+            "loss": losses, "trainable": count(chosen), "seconds": seconds, "cached": cache_note,
+            "device": str(device)}
+
+
+def _check_dataset_options(opts: TrainOptions) -> None:
+    if opts.mode != "layers":
+        raise ValueError("--mode seed: for a flat folder of images; a class-folder dataset trains layers")
+    if opts.head not in ("imagenet", "new"):
+        raise ValueError(f"--head {opts.head!r}: expected imagenet or new")
+    if opts.report is not None or keep_asked(opts):
+        raise ValueError("--report, --keep and --keep-weight: for a flat folder of images taught one --label")
+    if opts.val is not None and opts.val_split is not None:
+        raise ValueError("--val and --val-split: pass one of them")
+    if (opts.checkpoint_every or opts.resume) and opts.checkpoint is None:
+        raise ValueError("--checkpoint-every and --resume need --checkpoint DIR")
+    if isinstance(opts.batch_size, bool) or not isinstance(opts.batch_size, int) or opts.batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1, got {opts.batch_size!r}")
+
+
+def _targets(asked: Sequence[str] | None, default: Sequence[str] | None) -> tuple[str, ...]:
+    if asked is None:
+        return tuple(default or ())
+    if list(asked) == ["all"]:
+        return ALL
+    if list(asked) == ["none"]:
+        return ()
+    return tuple(asked)
+
+
+def _imagenet_labels(folders: Sequence[str], classes: Sequence[str], root) -> list[int]:
+    from .backbones import resolve_label
+
+    labels = []
+    for name in folders:
+        try:
+            labels.append(resolve_label(name, classes))
+        except ValueError as error:
+            raise ValueError(f"{Path(root) / name}: class folder {name!r} is not an ImageNet class ({error}); "
+                             f"pass --head new to train a new head with one output per class folder") from None
+    return labels
+
+
+def _fingerprint(paths: Sequence[Path], labels: Sequence[int], hashes: Sequence[str] | None) -> str:
+    """sha256 over each image's content hash and label, in order: what the data was."""
+    from .features import content_hash
+
+    digest = hashlib.sha256()
+    for i, (path, label) in enumerate(zip(paths, labels)):
+        digest.update(f"{hashes[i] if hashes else content_hash(path)}:{label};".encode())
+    return f"{len(paths)} images, sha256 {digest.hexdigest()[:16]}"
+
+
+def _loader(dataset, batch_size: int, seed: int, epoch: int, start: int, workers: int):
+    from .data import loader
+
+    return loader(dataset, batch_size, seed, epoch, start, workers=workers)
+
+
+def _evaluate(f: Callable, base, params, data, batch_size: int, workers: int, device) -> dict:
+    from .data import loader
+    from .evaluate import accuracy
+
+    logits, labels = [], []
+    with torch.no_grad():
+        for x, y in loader(data, batch_size, 0, 0, workers=workers, shuffle=False):
+            x = x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)
+            logits.append(f(base, params, x).float().cpu())
+            labels.append(y)
+    return accuracy(torch.cat(logits), torch.cat(labels))
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """(augmented, preprocessed image, label): the draw is fixed by (seed, epoch, index), so a
+    resumed run sees the same pictures."""
+
+    def __init__(self, paths, labels, preprocess, seed: int):
+        self.paths, self.labels, self.preprocess, self.seed, self.epoch = list(paths), list(labels), preprocess, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from .augment import _mix, augment_image
+        from .images import load_image
+
+        return self.preprocess(augment_image(load_image(self.paths[i]), _mix(self.seed, self.epoch, i))), self.labels[i]
+
+
+def _augmented(paths, labels, preprocess, seed: int) -> _Augmented:
+    return _Augmented(paths, labels, preprocess, seed)
