@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hostile import LITE, cli, fails, one_line, snapshot, tiny_images, train_args
+from hostile import LITE, cli, fails, no_hang, one_line, snapshot, tiny_images, train_args
 
 
 def _png(width, height):
@@ -197,3 +197,14 @@ def test_control_characters_in_file_names_do_not_break_the_tables(name, tmp_path
     assert code == 0 and err == ""
     table = out.splitlines()[1:3]  # the table's header and its one row
     assert "goldfish: " in out.splitlines()[3] and all(ch.isprintable() for line in table for ch in line)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
+def test_load_image_itself_never_opens_a_special_file(kind, tmp_path):
+    from funclora.vision.images import load_image
+
+    keep = _special(kind, tmp_path / "x.png")
+    with no_hang(), pytest.raises(ValueError, match=f"x.png: .*{SPECIAL[kind]}"):
+        load_image(tmp_path / "x.png")
+    if keep:
+        keep.close()
