@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
@@ -61,6 +62,7 @@ class LoraConfig:
     use_rslora: bool = False
 
     def __post_init__(self):
+        _check_types(self)
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
         rank_pattern, alpha_pattern = dict(self.rank_pattern), dict(self.alpha_pattern)
         if not targets or not all(isinstance(t, str) and t for t in targets):
@@ -102,11 +104,61 @@ class LoraConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "LoraConfig":
-        fields = json.loads(text)
-        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        """The config `to_json` wrote; every field must be there (a default could change the output)."""
+        try:
+            fields = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config is not valid JSON ({e})") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"config must be a JSON object of LoraConfig fields, got {type(fields).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(fields) - set(names)
         if unknown:
             raise ValueError(f"unknown LoraConfig fields {sorted(unknown)} (written by a newer funclora?)")
+        missing = [n for n in names if n not in fields]
+        if missing:
+            raise ValueError(f"config lacks fields {missing}; a default there could change the adapter's "
+                             f"output, so it is not guessed")
         return cls(**fields)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _pairs(what: str, value, check) -> None:
+    """A Mapping or a sequence of (str, value) pairs, each value passing `check`."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in value):
+        items = [tuple(p) for p in value]
+    else:
+        raise ValueError(f"{what} must be a mapping from layer names or patterns to values, got {value!r}")
+    for key, v in items:
+        if not (isinstance(key, str) and key):
+            raise ValueError(f"{what} keys must be non-empty layer names or patterns, got {key!r}")
+        check(f"{what}[{key!r}]", v)
+
+
+def _check_number(what: str, x) -> None:
+    if not _is_number(x):
+        raise ValueError(f"{what} must be a number, got {x!r} ({type(x).__name__})")
+
+
+def _check_types(cfg: "LoraConfig") -> None:
+    """Every field's type, strictly: a string "false" is not False, "8" is not 8."""
+    if not (isinstance(cfg.targets, str) or (isinstance(cfg.targets, (tuple, list))
+                                            and all(isinstance(t, str) for t in cfg.targets))):
+        raise ValueError(f"targets must be a module name or a list of names/patterns, got {cfg.targets!r}")
+    if cfg.alpha is not None:
+        _check_number("alpha", cfg.alpha)
+    if not isinstance(cfg.init, str):
+        raise ValueError(f"init must be one of {INITS}, got {cfg.init!r}")
+    _check_number("dropout", cfg.dropout)
+    _pairs("rank_pattern", cfg.rank_pattern, _check_rank)
+    _pairs("alpha_pattern", cfg.alpha_pattern, _check_number)
+    if not isinstance(cfg.use_rslora, bool):
+        raise ValueError(f"use_rslora must be true or false, got {cfg.use_rslora!r} ({type(cfg.use_rslora).__name__})")
 
 
 def _check_rank(what: str, r) -> None:

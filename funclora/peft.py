@@ -20,19 +20,20 @@ PEFT feature funclora cannot represent (DoRA, embeddings, trained biases, other 
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import LoraConfig, find_targets
-from .io import load, save, write_atomic
+from .io import TMP_SUFFIX, _alive, check_tensors, load, save, serialize, write_file
 from .lora import Lora, check_lora
 
 __all__ = ["to_peft", "from_peft", "peft_problem", "export_file", "import_dir",
@@ -108,13 +109,52 @@ def to_peft(lora: Lora, cfg: LoraConfig, directory: str | os.PathLike, *, model:
         if problem:
             raise ValueError(f"layer {name!r}: PEFT cannot represent this adapter: {problem}; "
                              f"leave the layer out of the targets to export the rest")
+    check_tensors({n: lora[n] for n in names}, directory)
     config = _peft_config(cfg, names, list(modules), base_model_name_or_path)
     tensors = {f"{PREFIX}{name}.lora_{part}.weight": lora[name][part].detach().contiguous().cpu()
                for name in names for part in "AB"}
+    write_folder(directory, {WEIGHTS_NAME: serialize(tensors, {"format": "pt"}),
+                             CONFIG_NAME: (json.dumps(config, indent=2) + "\n").encode()})
+
+
+REPLACEABLE = {CONFIG_NAME, WEIGHTS_NAME, "README.md"}
+"""What a PEFT adapter folder holds: a folder with only these (or empty) is replaced whole."""
+
+
+def write_folder(directory: str | os.PathLike, files: Mapping[str, bytes]) -> None:
+    """Write `files` as the folder `directory`, atomically: they are written into a temporary
+    folder beside it, which is then renamed into place, so a failure (a full disk, Ctrl-C) never
+    leaves weights without their config. An existing PEFT adapter folder is replaced; a folder
+    holding anything else is refused (nothing of it is lost)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    others = sorted(p.name for p in directory.iterdir() if p.name not in REPLACEABLE) \
+        if directory.is_dir() else []
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    if others:
+        raise ValueError(f"{directory}: holds other files {others[:3]}; a PEFT adapter is written into a "
+                         f"new folder or replaces a PEFT adapter folder, so choose another folder")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{glob.escape(directory.name)}.*{TMP_SUFFIX}"):
+        pid = stale.name[len(directory.name) + 2:-len(TMP_SUFFIX)].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}{TMP_SUFFIX}")
+    old = directory.with_name(f".{directory.name}.{os.getpid()}.old{TMP_SUFFIX}")
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            write_file(tmp / name, data)
+        if directory.is_dir():
+            os.rename(directory, old)
+        os.rename(tmp, directory)
+    except OSError as e:
+        if old.exists() and not directory.exists():
+            os.rename(old, directory)  # put the previous adapter back
+        raise OSError(f"{directory}: cannot write it ({e.strerror or e})") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _peft_config(cfg: LoraConfig, names: list[str], all_modules: list[str],
@@ -181,6 +221,7 @@ def from_peft(directory: str | os.PathLike, model: nn.Module | None = None) -> t
     where = directory / CONFIG_NAME
     _check_options(config, where)
     layers = _read_layers(directory / WEIGHTS_NAME)
+    _check_types(config, where)
     r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     ranks, alphas = {}, {}
@@ -194,11 +235,12 @@ def from_peft(directory: str | os.PathLike, model: nn.Module | None = None) -> t
     try:
         cfg = LoraConfig(
             rank=r, alpha=alpha, targets=tuple(layers), init=INITS[config.get("init_lora_weights", True)],
-            dropout=config.get("lora_dropout", 0.0), use_rslora=bool(config.get("use_rslora", False)),
+            dropout=config.get("lora_dropout", 0.0), use_rslora=config.get("use_rslora", False),
             rank_pattern={n: k for n, k in ranks.items() if k != r},
             alpha_pattern={n: a for n, a in alphas.items() if a != alpha})
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    check_tensors(layers, directory / WEIGHTS_NAME)
     if model is not None:
         try:
             check_lora(model, layers, cfg)
@@ -210,6 +252,24 @@ def from_peft(directory: str | os.PathLike, model: nn.Module | None = None) -> t
             if problem:
                 raise ValueError(f"{directory}: layer {name!r}: funclora cannot reproduce PEFT here: {problem}")
     return layers, cfg
+
+
+def _check_types(config: dict, where: Path) -> None:
+    """PEFT's fields, typed strictly: a string "false" is not False, and a pattern must compile."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    for key, ok, want in [("r", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+                          ("lora_alpha", number, "a number"), ("lora_dropout", number, "a number"),
+                          ("use_rslora", lambda v: isinstance(v, bool), "true or false"),
+                          ("rank_pattern", lambda v: v is None or isinstance(v, dict), "an object"),
+                          ("alpha_pattern", lambda v: v is None or isinstance(v, dict), "an object")]:
+        if key in config and not ok(config[key]):
+            raise ValueError(f"{where}: {key} must be {want}, got {config[key]!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        for pattern in config.get(key) or {}:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{where}: {key} key {pattern!r} is not a valid regular expression ({e})") from None
 
 
 def _peft_lookup(pattern: Mapping[str, float], name: str, default):
@@ -312,7 +372,10 @@ def export_file(adapter_path: str | os.PathLike, directory: str | os.PathLike, m
                 base_model_name_or_path: str | None = None) -> None:
     """`funclora export ADAPTER --peft DIR`: a funclora adapter file to a PEFT directory."""
     lora, cfg = load(adapter_path)
-    to_peft(lora, cfg, directory, model=model, base_model_name_or_path=base_model_name_or_path)
+    try:
+        to_peft(lora, cfg, directory, model=model, base_model_name_or_path=base_model_name_or_path)
+    except ValueError as e:
+        raise ValueError(f"{adapter_path}: {e}") from None
 
 
 def import_dir(directory: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module | None = None,

@@ -15,8 +15,13 @@ funclora 0.1.0
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
+import signal
 import dataclasses
 import json
+import threading
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +30,12 @@ import torch
 
 from .. import __version__
 from ..apply import functional
-from ..io import load, load_modules, read_metadata
+from ..io import claim_output, load, load_modules, read_metadata
 from ..lora import check_lora, merge
 from ..messages import cut, one_line
 from ..params import freeze
 from . import BACKBONES
+from .guard import check_seed_adapter, finite_output, printable, seed_arg, taught_label
 from .training import DATASET_DEFAULTS, DEFAULT_KEEP, DEFAULTS
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
@@ -49,30 +55,81 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops cleanly (temporary files removed, one line)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); return the exit status."""
     parser = build_parser()
+    args = None
+    with _sigterm_interrupts():
+        try:
+            args = parser.parse_args(argv)
+            args.cleanup = contextlib.ExitStack()  # locks a command holds until it ends
+            with args.cleanup:
+                code = args.run(args)
+            sys.stdout.flush()  # here, where a broken pipe is caught, not at the interpreter's exit
+            return code
+        except SystemExit as done:  # --help and --version
+            return done.code if isinstance(done.code, int) else 0
+        except _UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # `funclora predict ... | head`: the reader has gone, so be quiet
+            _silence_stdout()
+            return 141
+        except (ValueError, RuntimeError, OSError) as error:
+            print(f"funclora: error: {_rank_line(error)}", file=sys.stderr)
+            return 1
+        except MemoryError:
+            print("funclora: error: out of memory (try fewer or smaller images, or a lower --rank)",
+                  file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as stop:
+            saved = _saved(args)
+            what = "terminated" if isinstance(stop, _Terminated) else "interrupted"
+            print(f"funclora: {what} " + (f"(after the adapter was saved to {saved})" if saved
+                                          else "(no adapter saved)"), file=sys.stderr)
+            return 143 if isinstance(stop, _Terminated) else 130
+
+
+def _saved(args) -> Path | None:
+    """The adapter this run has already written, if any (an interruption must not deny it)."""
+    if args is None:
+        return None
+    return getattr(args, "saved", None) or (getattr(args, "opts", None) and getattr(args.opts, "saved", None))
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a command runs, SIGTERM raises _Terminated (a KeyboardInterrupt) as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        args = parser.parse_args(argv)
-        return args.run(args)
-    except SystemExit as done:  # --help and --version
-        return done.code if isinstance(done.code, int) else 0
-    except _UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError, OSError) as error:
-        print(f"funclora: error: {_rank_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("funclora: interrupted (no adapter saved)", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail again on the broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # stdout is not a real file (a test's StringIO): nothing to flush
 
 
 def _rank_line(error: BaseException) -> str:
     """The error in one line; under torchrun prefixed "rank R of N:", and a collective that failed
     because another rank died or went silent says so (funclora.distributed.explain)."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _one_line(error)
     from .. import distributed
@@ -122,13 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=_positive(float), help="LoRA alpha; scale = alpha/rank (default: rank)")
     train.add_argument("--steps", type=_at_least_zero, help="optimizer steps (default: {layers[steps]} layers, {seed[steps]} seed)".format(**DEFAULTS))
     train.add_argument("--lr", type=_listed(_positive(float)), help="learning rate (default: {layers[lr]:g} layers, {seed[lr]:g} seed); a comma list trains a grid".format(**DEFAULTS))
-    train.add_argument("--seed", type=_listed(int), default=[0],
+    train.add_argument("--seed", type=_listed(seed_arg), default=[0],
                        help="seeds the adapter's init (and the backbone with --weights none); default 0. "
                             "Comma lists of --seed, --lr, --rank, --keep-weight train every combination at "
                             "once (one vmapped run, funclora.vision.grid; a flat folder of images): one "
                             "adapter file each, in the folder --out, and a table (--val: the best marked)")
     train.add_argument("--out", metavar="ADAPTER", type=Path,
-                       help="where to save the adapter (default: runs/<backbone>-<label>.safetensors)")
+                       help="where to save the adapter (default: runs/<backbone>-<label>.safetensors); "
+                            "checked writable before training")
+    train.add_argument("--force", action="store_true",
+                       help="replace --out even if it is an existing file that is not an adapter")
+    train.add_argument("--strict", action="store_true",
+                       help="refuse to save an adapter whose loss grew (diverged) instead of warning")
     train.add_argument("--keep", metavar="DIR|none", default=None, nargs="?", const=str(DEFAULT_KEEP),
                        help="pictures (not of LABEL) whose predictions should stay as they were: adds "
                             "λ·KL(base ‖ adapted) on them to the loss, against collapse onto LABEL "
@@ -183,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(predict, defaults=False)
     predict.add_argument("--adapter", type=Path, help="adapter file written by `funclora train`")
     predict.add_argument("--top", type=_positive(int), default=5, help="classes per image (default: 5)")
-    predict.add_argument("--seed", type=int, default=None,
+    predict.add_argument("--seed", type=seed_arg, default=None,
                          help="seeds the backbone with --weights none (default: the adapter's, else 0)")
     _add_device_args(predict)
     _add_output_args(predict, quiet=False)
@@ -201,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("folder", metavar="DIR", type=Path, help="labelled images (see the layout below)")
     _add_backbone_args(evaluate, defaults=False)
     evaluate.add_argument("--adapter", type=Path, help="adapter file written by `funclora train`")
-    evaluate.add_argument("--seed", type=int, default=None,
+    evaluate.add_argument("--seed", type=seed_arg, default=None,
                           help="seeds the backbone with --weights none (default: the adapter's, else 0)")
     _add_device_args(evaluate)
     _add_output_args(evaluate)
@@ -225,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "methods and other layer types are refused with the reason.")
     import_.add_argument("directory", metavar="DIR", type=Path, help="PEFT adapter directory")
     import_.add_argument("--out", metavar="ADAPTER", type=Path, required=True, help="funclora adapter file to write")
+    import_.add_argument("--force", action="store_true",
+                         help="replace --out even if it is an existing file that is not an adapter")
     import_.add_argument("--backbone", type=_backbone_name, choices=BACKBONES,
                          help="check the adapter fits this backbone and record it for `predict`")
     import_.set_defaults(run=_import)
@@ -330,6 +394,7 @@ def _train(args: argparse.Namespace) -> int:
     opts = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
     opts.quiet = bool(args.quiet or args.json)
     opts.world = world
+    args.opts = opts  # (train records in it what it has saved, for an interruption's message)
     result = train(opts)
     if result is None:  # not rank 0 of a torchrun job: rank 0 prints
         return 0
@@ -424,7 +489,7 @@ def _top1(probs: torch.Tensor, label: int, classes: Sequence[str]) -> dict:
 def _train_table(rows: list[dict], target: str) -> str:
     """Fixed-width table: image, then top-1 and p(target) before and after."""
     head = ("image", "before: top-1", "p", f"p({cut(target, 16, '~')})", "after: top-1", "p", f"p({cut(target, 16, '~')})")
-    body = [(Path(r["path"]).name,
+    body = [(printable(Path(r["path"]).name),
              *(v for when in ("before", "after") for v in (
                  f"{r[when]['top1']:>4} {cut(r[when]['label'], 22, '~')}",
                  f"{r[when]['p_top1']:.3f}", f"{r[when]['p_target']:.3f}")))
@@ -451,6 +516,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     with torch.no_grad():
         logits = run(_adapted(backbone.model, args.adapter, meta, name, device) if args.adapter else backbone.model)(x)
+    finite_output(logits, str(args.adapter or name))
 
     k = min(args.top, logits.shape[1])
     probs = logits.softmax(-1)
@@ -463,7 +529,7 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"{name} ({_describe_weights(weights)})" + (f" + adapter {args.adapter}" if args.adapter else "")
           + (f", new head: {len(classes)} classes" if meta.get("head") == "new" else ""))
     for image in images:
-        print(image["path"])
+        print(printable(image["path"]))
         print(_columns([(f"{t['index']:>4}", t["label"], f"{t['p']:.3f}") for t in image["top"]],
                        right={0, 2}, indent="  "))
     return 0
@@ -509,9 +575,16 @@ def _adapter_backbone(args: argparse.Namespace) -> tuple[dict, str, str, int]:
     if args.backbone and trained_on and args.backbone != trained_on:
         raise ValueError(f"{args.adapter}: adapter was trained for backbone {trained_on}, not "
                          f"{args.backbone} (pass --backbone {trained_on})")
+    if trained_on is not None and trained_on not in BACKBONES:
+        raise ValueError(f"{args.adapter}: metadata backbone {trained_on!r} is not one of {', '.join(BACKBONES)}")
     name = args.backbone or trained_on or DEFAULT_BACKBONE
     weights = args.weights or (meta.get("weights") if trained_on == name else None) or "imagenet"
-    seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
+    seed = args.seed
+    if seed is None:
+        try:
+            seed = seed_arg(meta.get("seed", "0"))
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"{args.adapter}: metadata seed: {error}") from None
     return meta, name, weights, seed
 
 
@@ -522,8 +595,18 @@ def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str, devic
     from .seed import apply_seed
 
     lora, cfg = load(adapter, device=device)
-    if meta.get("mode", "layers") == "seed":
-        return lambda x: apply_seed(model(x), lora, x)
+    mode = meta.get("mode", "layers")
+    if mode not in MODES:
+        raise ValueError(f"{adapter}: metadata mode {mode!r} is not one of {MODES}")
+    if mode == "seed":
+        check_seed_adapter(lora, adapter)
+
+        def seeded(x):
+            try:
+                return apply_seed(model(x), lora, x)
+            except ValueError as error:
+                raise ValueError(f"{adapter}: {error}") from None
+        return seeded
     body, head = model, None
     if meta.get("head") == "new":
         module = meta.get("head_module", "")
@@ -543,7 +626,10 @@ def _adapted(model: torch.nn.Module, adapter: Path, meta: dict, name: str, devic
         except ValueError as error:
             raise ValueError(f"{adapter}: adapter does not fit {name} ({_one_line(error)})") from None
         # Fold B @ A into the weights once: inference then runs the plain model, at no extra cost.
-        merged, f = merge(freeze(body), lora, cfg), functional(body, cfg)
+        try:
+            merged, f = merge(freeze(body), lora, cfg), functional(body, cfg)
+        except ValueError as error:
+            raise ValueError(f"{adapter}: {error}") from None
         run = lambda base, _, x: f(merged, None, x)  # noqa: E731
     else:
         run = lambda base, _, x: body(x)  # noqa: E731
@@ -563,6 +649,7 @@ def _eval(args: argparse.Namespace) -> int:
     backbone = _load_backbone(name, weights, seed)
     device, run = _on_device(args, backbone.model)
     classes = _adapter_classes(meta)
+    taught = taught_label(meta, backbone.classes, args.adapter) if args.adapter and classes is None else None
     if classes is not None:  # a new head: folders named by its classes; the base cannot answer
         paths, labels = _folders_of(args.folder, classes)
         classifiers = {"adapted": run(_adapted(backbone.model, args.adapter, meta, name, device))}
@@ -572,6 +659,8 @@ def _eval(args: argparse.Namespace) -> int:
         if args.adapter:
             classifiers["adapted"] = run(_adapted(backbone.model, args.adapter, meta, name, device))
     logits = predict(classifiers, paths, backbone.preprocess, progress=not (args.json or args.quiet))
+    for which, values in logits.items():
+        finite_output(values, str(args.adapter) if which == "adapted" else name)
     result = {"n": len(paths), **{k: accuracy(v, labels) for k, v in logits.items()}}
     if classes is not None:
         result = {"n": result["n"], "base": None, "adapted": result["adapted"]}
@@ -582,8 +671,7 @@ def _eval(args: argparse.Namespace) -> int:
     if classes is not None:
         where += f", new head: {', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}"
     print(format_eval({k: v for k, v in result.items() if v is not None}, args.folder, where))
-    if args.adapter and meta.get("label", "").isdigit():
-        taught = int(meta["label"])
+    if taught is not None:
         counts = {k: int((v.argmax(-1) == taught).sum()) for k, v in logits.items()}
         truly = int((labels == taught).sum())
         print(f"classified as {backbone.classes[taught]!r}: {counts['base']} before, {counts['adapted']} after "
@@ -599,6 +687,8 @@ def _export(args: argparse.Namespace) -> int:
     name = args.backbone or read_metadata(args.adapter).get("backbone")
     if name is None:
         raise ValueError(f"{args.adapter}: no backbone in the adapter's metadata; pass --backbone")
+    if name not in BACKBONES:
+        raise ValueError(f"{args.adapter}: metadata backbone {name!r} is not one of {', '.join(BACKBONES)}")
     if read_metadata(args.adapter).get("mode") == "seed":
         raise ValueError(f"{args.adapter}: a --mode seed adapter acts on the input image, not on a "
                          f"layer; PEFT has no equivalent")
@@ -619,9 +709,11 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from ..peft import import_dir
 
+    claim_output(args.out, held=args.cleanup, force=args.force)
     model = _load_backbone(args.backbone, "none", 0).model if args.backbone else None
     import_dir(args.directory, args.out, model=model,
                metadata={"backbone": args.backbone, "mode": "layers"} if args.backbone else None)
+    args.saved = args.out
     print(f"funclora adapter written to {args.out}")
     return 0
 

@@ -19,7 +19,10 @@ the file, so a typo or a broken download stops the run where it enters.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,11 +32,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..messages import one_line as _one_line
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "load_image", "load_batch"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "list_images", "load_image", "load_batch"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 _WHITE = (255, 255, 255, 255)
+
+MAX_PIXELS = 50_000_000
+"""Images above this are refused before decoding: a 48 MP phone photo passes; a 12000x12000 image
+(144 MP) took 20 s and 2.4 GB to read, only to be shrunk to 224x224."""
 
 
 def list_images(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
@@ -55,23 +62,49 @@ def list_images(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
     found: list[Path] = []
     for entry in paths:
         path = Path(entry)
-        if path.is_dir():
-            images = sorted(
-                (child for child in path.iterdir() if _is_image_file(child)),
-                key=lambda child: child.name,
-            )
+        kind = _kind(path)
+        if kind == "folder":
+            images = sorted((child for child in path.iterdir() if _is_image_file(child)),
+                            key=lambda child: child.name)
             if not images:
                 raise ValueError(f"{path}: no images (expected files ending in {'/'.join(IMAGE_SUFFIXES)})")
             found.extend(images)
-        elif path.exists():
+        elif kind == "file":
             found.append(path)
         else:
-            raise ValueError(f"{path}: no such file or directory")
+            raise ValueError(f"{path}: {kind}")
     return found
 
 
+def _kind(path: Path) -> str:
+    """'file', 'folder', or why `path` is neither (missing, a link loop, a FIFO...), in words."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return (f"broken symbolic link (to {os.readlink(path)})" if os.path.islink(path)
+                else "no such file or directory")
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself)"
+        return f"cannot read it ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISREG(mode):
+        return "file"
+    what = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a device",
+            stat.S_ISBLK: "a device"}
+    return f"not a regular file but {next((w for f, w in what.items() if f(mode)), 'something else')}"
+
+
 def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    """An image-named entry of a folder; one that cannot be read as a file (a link loop, a broken
+    link, a FIFO) is an error naming it rather than silently skipped."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        return False
+    kind = _kind(path)
+    if kind in ("file", "folder"):
+        return kind == "file"
+    raise ValueError(f"{path}: {kind}")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -94,15 +127,27 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     truncated, or otherwise unreadable.
     """
     path = Path(path)
+    kind = _kind(path)
+    if kind != "file":  # opening a FIFO would wait forever for a writer
+        raise ValueError(f"{path}: {'not a file but a folder' if kind == 'folder' else kind}")
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # PIL warns above 89 MP; MAX_PIXELS below refuses those
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: too large to read safely ({_one_line(error)}); resize it first") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not a readable image (unrecognized format)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{path}: not a readable image ({_one_line(error)})") from error
     with image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above "
+                             f"funclora's limit of {MAX_PIXELS / 1e6:.0f} (it would take minutes and "
+                             f"gigabytes to read); resize it first")
         try:
             # Decode now, so a truncated file fails here, naming itself, and not
             # somewhere later in a batch.
@@ -123,7 +168,11 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
     if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in image.info):
         return _onto_white(image.convert("RGBA"))
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_scale_to_uint8(np.asarray(image), mode)).convert("RGB")
+        values = np.asarray(image)
+        if mode == "F" and not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise ValueError(f"{path}: {bad} pixels are not finite numbers (nan or inf in a float image)")
+        return Image.fromarray(_scale_to_uint8(values, mode)).convert("RGB")
     try:
         return image.convert("RGB")  # "1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"
     except ValueError as error:

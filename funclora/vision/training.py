@@ -15,7 +15,9 @@ Two kinds of input:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -36,11 +38,12 @@ from ..cache import split
 from ..checkpoint import check_settings, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import ALL, LoraConfig
 from ..head import headless, new_head, with_head
-from ..io import save
+from ..io import check_output, claim_output, save_or_keep
 from ..lora import init_lora, merge
 from ..optim import adam
 from ..params import count, freeze, summary
 from ..train import fit, fit_batches
+from .guard import check_losses, check_rank_fits, check_seed_rank
 
 __all__ = ["TrainOptions", "DEFAULTS", "DATASET_DEFAULTS", "DEFAULT_KEEP", "train", "train_images",
            "train_dataset", "resolve_device", "resolve_dtype", "head_name"]
@@ -97,6 +100,9 @@ class TrainOptions:
     device: str = "auto"
     dtype: str = "float32"
     world: Any = None  # funclora.distributed.World under torchrun: data-parallel, rank 0 writes
+    force: bool = False
+    strict: bool = False
+    saved: Path | None = None  # set once the adapter is written (an interruption after it must say so)
 
 
 def train(opts: TrainOptions) -> dict:
@@ -104,16 +110,21 @@ def train(opts: TrainOptions) -> dict:
 
     A folder of class sub-folders goes to `train_dataset`, anything else to `train_images`.
     """
+    if opts.out is not None:
+        check_output(opts.out, force=opts.force)  # before the work, not after it
+    with contextlib.ExitStack() as held:
+        claim = functools.partial(claim_output, held=held, force=opts.force)
+        return _train(opts, claim)
+
+
+def _train(opts: TrainOptions, claim: Callable[[Path], None]) -> dict:
     from .data import is_class_folder
 
-    if opts.out is not None and Path(opts.out).is_dir():
-        raise ValueError(f"--out {opts.out}: is a folder (expected the adapter's file name, e.g. "
-                         f"{Path(opts.out) / 'adapter.safetensors'})")
     if is_class_folder(opts.images):
         if opts.world is not None and opts.world.size > 1:
             raise ValueError("torchrun: data-parallel training of class-folder datasets is not built yet; "
                              "a flat folder of images (or a grid of them) trains data-parallel")
-        return train_dataset(opts)
+        return train_dataset(opts, claim)
     dataset_only = {"--head new": opts.head != "imagenet", "--epochs": opts.epochs is not None,
                     "--val": opts.val is not None, "--val-split": opts.val_split is not None,
                     "--checkpoint": opts.checkpoint is not None, "--resume": opts.resume}
@@ -121,7 +132,7 @@ def train(opts: TrainOptions) -> dict:
     if asked:
         raise ValueError(f"{', '.join(asked)}: for class-folder datasets (IMAGES_DIR/<class>/*.png); "
                          f"{opts.images} is a flat folder of images, taught one --label")
-    return train_images(opts)
+    return train_images(opts, claim)
 
 
 # ------------------------------------------------------------------------- devices and dtypes ---
@@ -169,8 +180,14 @@ def head_name(model: nn.Module) -> str:
 
 # --------------------------------------------------------------------------- flat image folder ---
 
-def train_images(opts: TrainOptions) -> dict:
-    """Teach every image of a flat folder the ImageNet label `opts.label` (full batch, `steps` times)."""
+def _checked(opts: TrainOptions) -> Callable[[Path], None]:
+    """The claim on --out when no lock is held (train_images/train_dataset called directly)."""
+    return lambda out: check_output(out, force=opts.force)
+
+
+def train_images(opts: TrainOptions, claim: Callable[[Path], None] | None = None) -> dict:
+    """Teach every image of a flat folder the ImageNet label `opts.label` (full batch, `steps` times).
+    `claim(out)` checks (and locks) the output before training."""
     from ..keep import keep_term
     from .backbones import resolve_label
     from .images import list_images, load_batch
@@ -189,6 +206,9 @@ def train_images(opts: TrainOptions) -> dict:
     keep_paths = _keep_paths(opts) if opts.mode == "layers" or keep_asked(opts) else []
     backbone = load_or_fall_back(opts)
     label = resolve_label(opts.label, backbone.classes)
+    out = Path(opts.out) if opts.out else Path("runs") / f"{backbone.name}-{slug(backbone.classes[label])}" \
+        f"{'-seed' if opts.mode == 'seed' else ''}.safetensors"
+    (claim or _checked(opts))(out)
     x = load_batch(paths, backbone.preprocess)
     y = torch.full((len(paths),), label)
     model, base = backbone.model, freeze(backbone.model)
@@ -201,6 +221,7 @@ def train_images(opts: TrainOptions) -> dict:
     if opts.mode == "layers":
         targets = tuple(ALL if list(opts.targets or []) == ["all"] else opts.targets or backbone.targets)
         cfg = LoraConfig(rank=settings["rank"], alpha=opts.alpha, targets=targets)
+        check_rank_fits(model, cfg)
         f = functional(model, cfg)
         # The frozen layers (and the head's W x + b) give the same features every step: run them
         # once (funclora.split). --augment's images change every step, so they take the whole f.
@@ -251,6 +272,7 @@ def train_images(opts: TrainOptions) -> dict:
             if keep_paths:
                 keep = {"x": load_batch(keep_paths, backbone.preprocess)}
                 keep["before"] = model(keep["x"])
+        check_seed_rank(settings["rank"], x[0].numel(), before.shape[1])
         lora, history = train_seed(before, x, y, rank=settings["rank"], lr=settings["lr"],
                                    steps=settings["steps"], seed=opts.seed, progress=progress, terms=True,
                                    keep=(keep["x"], keep["before"]) if keep else None, keep_weight=keep_weight)
@@ -263,16 +285,16 @@ def train_images(opts: TrainOptions) -> dict:
     seconds = time.perf_counter() - started
     if not torch.isfinite(after).all():
         raise ValueError(f"training diverged (non-finite outputs); lower --lr (was {settings['lr']:g})")
+    check_losses(history["loss"], settings["lr"], opts.strict)
 
-    out = Path(opts.out) if opts.out else Path("runs") / f"{backbone.name}-{slug(backbone.classes[label])}" \
-        f"{'-seed' if opts.mode == 'seed' else ''}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
-    save(out, lora, cfg, metadata={
+    save_or_keep(out, lora, cfg, metadata={
         "backbone": backbone.name, "mode": opts.mode, "label": str(label),
         "label_name": backbone.classes[label], "weights": str(opts.weights), "seed": str(opts.seed),
         **({"keep_images": str(len(keep_paths)), "keep_weight": f"{keep_weight:g}"} if keep else {}),
         **({"augment": "true"} if opts.augment else {}),
     })
+    opts.saved = out
     kept = None if keep is None else {
         "images": len(keep_paths), "weight": keep_weight,
         "kept_top1": int((keep["before"].argmax(-1) == keep["after"].argmax(-1)).sum()),
@@ -363,7 +385,7 @@ def slug(text: str) -> str:
 
 # ---------------------------------------------------------------------------- class folders ---
 
-def train_dataset(opts: TrainOptions) -> dict:
+def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = None) -> dict:
     """Train on a class-folder dataset with minibatches; save the adapter (the best on val, if any).
 
     Returns {"kind": "dataset", "adapter", "classes", "images", "steps", "epochs": [per-epoch
@@ -373,6 +395,8 @@ def train_dataset(opts: TrainOptions) -> dict:
     from .data import batches_per_epoch, class_folders, split_val
 
     _check_dataset_options(opts)
+    out = Path(opts.out) if opts.out else Path("runs") / f"{opts.backbone}-{slug(Path(opts.images).name)}.safetensors"
+    (claim or _checked(opts))(out)
     device, dtype = resolve_device(opts.device), resolve_dtype(opts.dtype)
     paths, labels, classes = class_folders(opts.images)
     val_paths: list[Path] = []
@@ -410,6 +434,8 @@ def train_dataset(opts: TrainOptions) -> dict:
     lr = opts.lr or DATASET_DEFAULTS["lr"]
     base = freeze(body)
     cfg = LoraConfig(rank=rank, alpha=opts.alpha, targets=targets or (head,))
+    if targets:
+        check_rank_fits(body, cfg)
     lora = init_lora(body, cfg, seed=opts.seed) if targets else {}
     params: dict[str, Any] = {"lora": lora}
     if new:
@@ -577,14 +603,15 @@ def train_dataset(opts: TrainOptions) -> dict:
         checkpoint(done, params, state)
 
     chosen = best["params"] if best is not None else params
-    out = Path(opts.out) if opts.out else Path("runs") / f"{backbone.name}-{slug(Path(opts.images).name)}.safetensors"
+    check_losses(losses, lr, opts.strict)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save(out, chosen["lora"], cfg, metadata={
+    save_or_keep(out, chosen["lora"], cfg, metadata={
         "backbone": backbone.name, "mode": "layers", "weights": str(opts.weights), "seed": str(opts.seed),
         "head": opts.head, "head_module": head, "classes": json.dumps(names),
         **({} if new else {"labels": json.dumps([int(i) for i in imagenet])}),
         "dtype": opts.dtype, **({"augment": "true"} if opts.augment else {}),
     }, modules={head: chosen["head"]} if new else None)
+    opts.saved = out
     return {"kind": "dataset", "adapter": out, "backbone": backbone.name, "classes": names, "head": opts.head,
             "images": len(paths), "val_images": len(val_paths), "steps": done, "epochs": log,
             "val": best["val"] if best is not None else None, "best_epoch": best["epoch"] if best else None,
