@@ -317,11 +317,12 @@ def _lock_file(path: Path) -> Path:
 
 
 def save_or_keep(path: str | os.PathLike, lora: Lora, cfg: LoraConfig,
-                 metadata: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, str] | None = None, *,
+                 modules: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
     """`save`, and if writing `path` fails (a full disk...), keep the adapter in the temporary folder
     (else the home folder) and raise OSError naming both: a long training is never lost to a write."""
     try:
-        save(path, lora, cfg, metadata)
+        save(path, lora, cfg, metadata, modules=modules)
         return
     except OSError as e:
         failure = str(e)
@@ -330,7 +331,7 @@ def save_or_keep(path: str | os.PathLike, lora: Lora, cfg: LoraConfig,
     for folder in (Path(tempfile.gettempdir()), Path.home()):
         kept = folder / f"funclora-kept-{stamp}-{os.getpid()}-{path.name}"
         try:
-            save(kept, lora, cfg, metadata)
+            save(kept, lora, cfg, metadata, modules=modules)
         except OSError:
             continue
         raise OSError(f"{failure}; the adapter was kept in {kept} (move it where you want it)")

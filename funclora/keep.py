@@ -29,8 +29,9 @@ from .lora import Lora
 __all__ = ["DEFAULT_WEIGHT", "kl_to_base", "keep_term"]
 
 DEFAULT_WEIGHT = 10.0
-"""λ for `funclora train --keep` (see the README's keep-set table: on efficientnet_lite0 the five
-drawn goldfish stay 5/5 while the photo set and the keep drawings keep their base answers)."""
+"""λ when none is given to `keep_term`. The command line chooses its own per mode
+(funclora.vision.training.DEFAULTS: 3 for --mode layers, 10 for --mode seed, tuned on drawings
+kept apart from the ones the README reports on)."""
 
 
 def kl_to_base(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

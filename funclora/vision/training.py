@@ -110,6 +110,8 @@ def train(opts: TrainOptions) -> dict:
 
     A folder of class sub-folders goes to `train_dataset`, anything else to `train_images`.
     """
+    if opts.world is not None and opts.world.rank != 0:
+        return _train(opts, lambda out: None)  # under torchrun rank 0 alone writes, so it alone claims --out
     if opts.out is not None:
         check_output(opts.out, force=opts.force)  # before the work, not after it
     with contextlib.ExitStack() as held:

@@ -79,7 +79,7 @@ def test_train_report_writes_the_files_with_both_loss_terms_and_the_keep_images(
     assert all(len(v) == 3 for v in record["history"].values())
     assert record["history"]["keep"][0] == 0.0  # B = 0 at the first step: nothing has moved yet
     assert [r["group"] for r in record["images"]] == ["train"] * 2 + ["keep"] * len(KEEP)
-    assert record["target"]["label"] == "goldfish" and record["keep"]["weight"] == 10.0
+    assert record["target"]["label"] == "goldfish" and record["keep"]["weight"] == 3.0  # --mode layers default λ
 
 
 def test_matplotlib_is_only_imported_for_a_report(tmp_path):
