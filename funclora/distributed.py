@@ -150,23 +150,30 @@ def broadcast(tree: Any, world: World, src: int = 0) -> Any:
     return back(flat)
 
 
-def shard(batch: Any, world: World) -> tuple[Any, float]:
+def shard(batch: Any, world: World, *, spare: bool = False) -> tuple[Any, float]:
     """(this rank's part of a global batch, its fraction of the examples).
 
     The batch is split along its first axis into `world.size` contiguous parts that differ in
-    size by at most one (torch.tensor_split), the same way for every tensor of a tuple of cached
-    features and for a list (of image paths, say): a rank loads only its own examples. Every
-    rank must get at least one example."""
+    size by at most one (as torch.tensor_split does), the same way for every tensor of a tuple of
+    cached features and for a list (of image paths, say): a rank loads only its own examples.
+    Every rank must get at least one example, unless `spare`: then a rank left without one (the
+    ragged last batch of an epoch) gets the batch's first example with fraction 0, so that it
+    runs the same step as the others and adds exactly nothing (0 times a finite gradient).
+
+    >>> shard([7], World(1, 2, torch.device("cpu")), spare=True)
+    ([7], 0.0)
+    """
     leaves = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor)]
     n = len(batch) if isinstance(batch, list) else leaves[0].shape[0]
-    if n < world.size:
+    if n < world.size and not (spare and n > 0):
         raise ValueError(f"a global batch of {n} examples cannot feed {world.size} processes "
                          f"(raise --batch-size to at least {world.size})")
-    bounds = torch.tensor_split(torch.arange(n), world.size)[world.rank]
-    lo, hi = int(bounds[0]), int(bounds[-1]) + 1
+    q, r = divmod(n, world.size)  # the first r ranks hold one example more
+    own, lo = q + (world.rank < r), q * world.rank + min(world.rank, r)
+    lo, hi = (lo, lo + own) if own else (0, 1)  # none of its own: a spare example (see above)
     part = batch[lo:hi] if isinstance(batch, list) else tree_map(
         lambda t: t[lo:hi] if isinstance(t, torch.Tensor) else t, batch)
-    return part, (hi - lo) / n
+    return part, own / n
 
 
 def weighted_loss(f: Apply, loss_fn: LossFn = cross_entropy, extra: Callable | None = None, *,

@@ -139,7 +139,7 @@ def fit_batches(f: Apply, base: Base, lora: Lora, batches: Iterable[tuple[Any, t
                 opt: Optimizer, state: Any = None, loss_fn: LossFn = cross_entropy,
                 extra: Extra | None = None, reduce: Reduce | None = None, on_step: OnStep | None = None,
                 progress: bool = True, total: int | None = None, start: int = 0,
-                compile: bool | str = False) -> tuple[Lora, Any, dict[str, list[float]]]:
+                compile: bool | str = False, step: Step | None = None) -> tuple[Lora, Any, dict[str, list[float]]]:
     """One step per (x, y) of `batches` (a list, a generator, a torch DataLoader...), from `lora`
     and optimizer `state` (None: `opt.init(lora)`, else the state to continue from, e.g. read
     from a checkpoint). Returns (lora, state, history), history as `fit(..., terms=True)`'s.
@@ -148,6 +148,9 @@ def fit_batches(f: Apply, base: Base, lora: Lora, batches: Iterable[tuple[Any, t
     numbered from `start` (the steps already done, when resuming): a diverging loss is reported
     with its global step number, and `on_step(start + k, lora, state, history)` runs after the
     k-th step here, where checkpoints are written. `reduce` is `make_step`'s gradient hook.
+    `step` replaces `make_step(f, opt, loss_fn, extra, terms=True, reduce=reduce)` with a step of
+    the same signature (a data-parallel one, `funclora.distributed.make_step`, that also sums the
+    loss across processes in the gradient's bucket, which `reduce` cannot see).
 
     >>> import torch, funclora as fl
     >>> model = torch.nn.Linear(4, 2); cfg = fl.LoraConfig(rank=1)
@@ -158,7 +161,7 @@ def fit_batches(f: Apply, base: Base, lora: Lora, batches: Iterable[tuple[Any, t
     >>> len(history["loss"])
     5
     """
-    step = make_step(f, opt, loss_fn, extra, terms=True, reduce=reduce)
+    step = step or make_step(f, opt, loss_fn, extra, terms=True, reduce=reduce)
     if compile:
         step = torch.compile(step, **({} if compile is True else {"backend": compile}))
     state = opt.init(lora) if state is None else state

@@ -3,6 +3,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ needs_lite0 = pytest.mark.skipif(
 not_under_mutmut = pytest.mark.skipif(
     bool(os.environ.get("MUTANT_UNDER_TEST")),
     reason="mutmut wraps every function in a trampoline that torch.compile(fullgraph=True) cannot trace")
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a process group's MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*argv) -> tuple[int, str, str]:

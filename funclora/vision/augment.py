@@ -19,12 +19,14 @@ batch, and drawing never touches torch's global random state.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-__all__ = ["SCALE", "augment_image", "augmented_batches"]
+__all__ = ["SCALE", "augment_image", "augmented_batches", "AugmentedFiles"]
 
 SCALE = (0.7, 1.0)
 """Area of the random crop, as a fraction of the image: mild, so the object stays in frame."""
@@ -66,6 +68,24 @@ def augmented_batches(images: Sequence[Image.Image], preprocess: Callable[[Image
         return torch.stack(tensors)
 
     return batch
+
+
+class AugmentedFiles(Dataset):
+    """(augmented, preprocessed image, label) per file, for class-folder training: the draw is
+    fixed by (seed, epoch, index), so a resumed run sees the same pictures. Set `epoch` before
+    each epoch."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], preprocess: Callable[[Image.Image], torch.Tensor],
+                 seed: int):
+        self.paths, self.labels, self.preprocess, self.seed, self.epoch = list(paths), list(labels), preprocess, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from .images import load_image
+
+        return self.preprocess(augment_image(load_image(self.paths[i]), _mix(self.seed, self.epoch, i))), self.labels[i]
 
 
 def _mix(seed: int, step: int, index: int) -> int:

@@ -36,10 +36,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..distributed import World, shard
 from .images import IMAGE_SUFFIXES, list_images, load_image
 
 __all__ = ["LAYOUT", "class_folders", "is_class_folder", "split_val", "epoch_order", "EpochBatches",
-           "ImageFiles", "collate", "loader"]
+           "ImageFiles", "collate", "loader", "to_device"]
 
 LAYOUT = "one sub-folder per class holding its images: DIR/<class>/*.png|jpg|..."
 
@@ -119,8 +120,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 class EpochBatches(Sampler[list[int]]):
     """A DataLoader batch_sampler: epoch `epoch`'s batches of `batch_size` indices (the last one may
-    be smaller), from batch `start` on. With `world` > 1 each batch is this `rank`'s share of
-    the global batch (indices rank, rank + world, ...)."""
+    be smaller), from batch `start` on. With `world` > 1 each batch is this `rank`'s contiguous
+    share of the global batch (`funclora.distributed.shard`), and `shares()` its fraction of each
+    (0 for a rank that holds a spare example of a global batch smaller than the world)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, *,
                  rank: int = 0, world: int = 1, shuffle: bool = True):
@@ -130,8 +132,15 @@ class EpochBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else list(range(self.n))
         for b in range(self.start, len(self) + self.start):
-            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield batch[self.rank::self.world]
+            yield self._share(order[b * self.batch_size:(b + 1) * self.batch_size])[0]
+
+    def shares(self) -> Iterator[float]:
+        """This rank's fraction of each global batch, in the order of the batches."""
+        for b in range(self.start, len(self) + self.start):
+            yield self._share(list(range(min(self.batch_size, self.n - b * self.batch_size))))[1]
+
+    def _share(self, batch: list[int]) -> tuple[list[int], float]:
+        return shard(batch, World(self.rank, self.world, torch.device("cpu")), spare=True)
 
     def __len__(self) -> int:
         return max(0, batches_per_epoch(self.n, self.batch_size) - self.start)
@@ -174,3 +183,10 @@ def loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, start: int 
     sampler = EpochBatches(len(dataset), batch_size, seed, epoch, start, rank=rank, world=world, shuffle=shuffle)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       persistent_workers=False)
+
+
+def to_device(x, device):
+    """A batch (a tensor, or a tuple of features, some of them plain numbers) on `device`."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in x)

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from .backbones import resolve_label
 from .images import IMAGE_SUFFIXES, list_images, load_batch
 
-__all__ = ["LAYOUT", "labelled_images", "accuracy", "forgetting", "predict", "evaluate", "format_eval"]
+__all__ = ["LAYOUT", "labelled_images", "accuracy", "dataset_accuracy", "forgetting", "predict", "evaluate",
+           "format_eval"]
 
 LAYOUT = ("one sub-folder per class, named by its ImageNet class id or class name: "
           "DIR/1/a.png, DIR/goldfish/b.jpg, DIR/281/c.png ...")
@@ -76,6 +77,35 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1,
     ranked = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = ranked == labels[:, None]
     return {f"top{k}": hits[:, :k].any(dim=1).double().mean().item() for k in ks}
+
+
+def dataset_accuracy(f: Callable, base, params, data, *, batch_size: int, workers: int = 0,
+                     device: str | torch.device = "cpu", world=None) -> dict[str, float]:
+    """{"top1", "top5"} of `f(base, params, x)` over a dataset of (x, label) items (images, or cached
+    features: `funclora.vision.data`), read in batches under no_grad. Under torchrun (`world`)
+    each rank reads its contiguous share of the dataset and the ranks sum their hits (one
+    all-reduce): every rank returns the accuracy of the whole dataset."""
+    from torch.utils.data import Subset
+
+    from .. import distributed
+    from .data import loader, to_device
+
+    sharded = world is not None and world.size > 1
+    if sharded:
+        indices, own = distributed.shard(list(range(len(data))), world, spare=True)
+        data = Subset(data, indices)
+    logits, labels = [], []
+    with torch.no_grad():
+        for x, y in loader(data, batch_size, 0, 0, workers=workers, shuffle=False):
+            logits.append(f(base, params, to_device(x, device)).float().cpu())
+            labels.append(y)
+    result = accuracy(torch.cat(logits), torch.cat(labels))
+    if not sharded:
+        return result
+    # Hits add up, fractions do not (a spare example counts 0); whole numbers, exact in float64.
+    n = len(data.indices) if own else 0
+    hits = distributed.all_reduce(torch.tensor([result[k] * n for k in result], dtype=torch.float64), world)
+    return {k: round(h) / len(data.dataset) for k, h in zip(result, hits.tolist())}
 
 
 def forgetting(base: Mapping[str, float], adapted: Mapping[str, float]) -> dict[str, float]:

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..distributed import World, all_reduce
 from ..io import write_atomic as _write_atomic
 from .images import load_batch
 
@@ -94,12 +95,18 @@ def setting_key(**setting: Any) -> str:
 def cached_features(paths: Sequence[Path], prefix: Callable[[torch.Tensor], tuple], preprocess: Callable,
                     cache: str | os.PathLike, key: str, *, setting: Mapping[str, Any] | None = None,
                     batch_size: int = 32, device: str | torch.device = "cpu",
-                    progress: bool = True) -> tuple[list[Path], int]:
+                    progress: bool = True, world: World | None = None) -> tuple[list[Path], int]:
     """(one feature file per path, how many were computed now) under `cache`/`key`.
 
     Missing features are computed in fixed chunks of `batch_size` of `paths`' order (the same
     grouping on every run, so the same bits), on `device`, and written one file per image.
     `prefix(x)` maps a batch of images to a tuple of per-image batched features.
+
+    Under torchrun (`world`, every rank calling with the same paths and cache folder), rank r
+    computes the missing files of chunks r, r + size, ...: an assignment by chunk number, not by
+    what a rank finds missing, since another rank may already have written some (every chunk still
+    has exactly one owner). Then an all-reduce of the counts, which no rank passes before all have
+    written their files (atomically), so every rank reads whole files; the count is the total.
     """
     folder = Path(cache) / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,7 +116,8 @@ def cached_features(paths: Sequence[Path], prefix: Callable[[torch.Tensor], tupl
     files = [folder / h[:2] / f"{h}.safetensors" for h in hashes]
     missing = {i for i, f in enumerate(files) if not f.exists()}
     chunks = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
-    todo = [c for c in chunks if missing.intersection(c)]
+    mine = chunks if world is None else chunks[world.rank::world.size]
+    todo = [c for c in mine if missing.intersection(c)]
     bar = tqdm(total=sum(len(c) for c in todo), desc="features", unit="img", disable=not progress or not todo,
                leave=False, dynamic_ncols=True)
     made = 0
@@ -127,6 +135,8 @@ def cached_features(paths: Sequence[Path], prefix: Callable[[torch.Tensor], tupl
                     made += 1
             bar.update(len(chunk))
     bar.close()
+    if world is not None and world.size > 1:
+        made = int(all_reduce(torch.tensor(made), world).item())
     return files, made
 
 

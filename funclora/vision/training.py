@@ -123,9 +123,6 @@ def _train(opts: TrainOptions, claim: Callable[[Path], None]) -> dict:
     from .data import is_class_folder
 
     if is_class_folder(opts.images):
-        if opts.world is not None and opts.world.size > 1:
-            raise ValueError("torchrun: data-parallel training of class-folder datasets is not built yet; "
-                             "a flat folder of images (or a grid of them) trains data-parallel")
         return train_dataset(opts, claim)
     dataset_only = {"--head new": opts.head != "imagenet", "--epochs": opts.epochs is not None,
                     "--val": opts.val is not None, "--val-split": opts.val_split is not None,
@@ -394,12 +391,18 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
     {"epoch", "loss", "val"}], "val": {"top1", "top5"} of the saved adapter or None, "loss":
     [per step], "trainable", "seconds", "cached": features read from disk or None}.
     """
-    from .data import batches_per_epoch, class_folders, split_val
+    from .augment import AugmentedFiles
+    from .data import batches_per_epoch, class_folders, loader, split_val, to_device
 
     _check_dataset_options(opts)
+    # Under torchrun: every rank trains on its share of each global batch; rank 0 alone speaks and writes.
+    world = opts.world if opts.world is not None and opts.world.size > 1 else None
+    lead = world is None or world.rank == 0
+    if world is not None and opts.compile:
+        raise ValueError("--compile: not under torchrun (the data-parallel step is not compiled)")
     out = Path(opts.out) if opts.out else Path("runs") / f"{opts.backbone}-{slug(Path(opts.images).name)}.safetensors"
     (claim or _checked(opts))(out)
-    device, dtype = resolve_device(opts.device), resolve_dtype(opts.dtype)
+    device, dtype = world.device if world else resolve_device(opts.device), resolve_dtype(opts.dtype)
     paths, labels, classes = class_folders(opts.images)
     val_paths: list[Path] = []
     val_labels: list[int] = []
@@ -414,9 +417,9 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
         train_idx, val_idx = split_val(labels, opts.val_split, opts.seed)
         val_paths, val_labels = [paths[i] for i in val_idx], [labels[i] for i in val_idx]
         paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
-    progress = not opts.quiet
+    progress = not opts.quiet and lead
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else (lambda text: None)
-    note = lambda text: print(text, file=sys.stderr)  # noqa: E731  (one line, shown even with --quiet)
+    note = (lambda text: print(text, file=sys.stderr)) if lead else (lambda text: None)  # shown even with --quiet
 
     backbone = load_or_fall_back(opts)
     model = backbone.model.to(device)
@@ -488,7 +491,8 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
                              for t in prefix(base, x))
         began = time.perf_counter()
         files, made = cached_features(paths + val_paths, run_prefix, backbone.preprocess, cache_dir, key,
-                                      setting=setting, batch_size=opts.batch_size, device=device, progress=progress)
+                                      setting=setting, batch_size=opts.batch_size, device=device, progress=progress,
+                                      world=world)
         feature_seconds = time.perf_counter() - began
         data_hashes = [f.stem for f in files]
         train_data = FeatureFiles(files[:len(paths)], labels)
@@ -498,7 +502,7 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
     else:
         from .data import ImageFiles
 
-        train_data = _augmented(paths, labels, backbone.preprocess, opts.seed) if opts.augment else \
+        train_data = AugmentedFiles(paths, labels, backbone.preprocess, opts.seed) if opts.augment else \
             ImageFiles(paths, labels, backbone.preprocess)
         val_data = ImageFiles(val_paths, val_labels, backbone.preprocess) if val_paths else None
         cache_note = None
@@ -510,6 +514,8 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
     else:
         epochs = opts.epochs if opts.epochs is not None else DATASET_DEFAULTS["epochs"]
         total = epochs * per_epoch
+    # No number of processes among them: a checkpoint holds global state alone (the adapters, Adam's
+    # state, the losses of the global batches), so a run resumes on any number of processes.
     settings = {
         "data": _fingerprint(paths, labels, data_hashes), "val": _fingerprint(val_paths, val_labels, None),
         "classes": json.dumps(names), "backbone": backbone.name, "weights": str(opts.weights),
@@ -533,8 +539,17 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
         torch.set_rng_state(tree["rng"]["torch"].cpu())
         done = info["step"]
         note(f"resuming from {found} (step {done} of {total})")
+    step = None
+    if world is not None:  # rank 0's adapters (and new head) everywhere; one bucket a step: gradients and loss
+        from .. import distributed
+
+        params = distributed.broadcast(params, world)
+        parallel = distributed.make_step(f_train, opt, world=world)
+        step = lambda lora, state, base, x, y: parallel(lora, state, base, x, y, shares[-1])  # noqa: E731
 
     def checkpoint(step: int, params, state) -> None:
+        if not lead:
+            return
         tree = {"params": params, "state": state, "losses": list(losses), "log": list(log), "best": best,
                 "rng": {"torch": torch.get_rng_state()}}
         save_checkpoint(opts.checkpoint, step, tree, settings=settings)
@@ -542,7 +557,10 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
     def evaluate(params) -> dict | None:
         if val_data is None:
             return None
-        return _evaluate(f_train, base, params, val_data, opts.batch_size, opts.workers, device)
+        from .evaluate import dataset_accuracy
+
+        return dataset_accuracy(f_train, base, params, val_data, batch_size=opts.batch_size, workers=opts.workers,
+                                device=device, world=world)
 
     def finish_epoch(epoch: int, params) -> None:
         nonlocal best
@@ -561,13 +579,15 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
     image_bar = tqdm(total=len(train_data) * epochs if opts.steps is None else total * opts.batch_size,
                      initial=min(done * opts.batch_size, len(train_data) * epochs), desc="training", unit="img",
                      disable=not progress, leave=False, dynamic_ncols=True, position=1)
-    sizes: list[int] = []
+    sizes: list[int] = []  # examples in each global batch
+    shares: list[float] = []  # this rank's fraction of each global batch
     spent: dict[int, float] = {}  # training seconds per epoch
 
-    def sized(batches):
-        for x, y in batches:
-            sizes.append(len(y))
-            yield _to(x, device), y.to(device)
+    def sized(batches, fractions):
+        for (x, y), share in zip(batches, fractions):
+            sizes.append(round(len(y) / share) if share else 0)  # for rank 0's bar (its share is never empty)
+            shares.append(share)
+            yield to_device(x, device), y.to(device)
 
     def on_step(step: int, params, state, history) -> None:
         losses.append(history["loss"][-1])
@@ -584,13 +604,15 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
             break
         start = done - epoch * per_epoch
         count_here = min(per_epoch - start, total - done)
-        if isinstance(train_data, _Augmented):
+        if isinstance(train_data, AugmentedFiles):
             train_data.epoch = epoch
-        batches = _loader(train_data, opts.batch_size, opts.seed, epoch, start, opts.workers)
+        batches = loader(train_data, opts.batch_size, opts.seed, epoch, start, workers=opts.workers,
+                         rank=world.rank if world else 0, world=world.size if world else 1)
         began = time.perf_counter()
-        params, state, _ = fit_batches(f_train, base, params, sized(itertools.islice(batches, count_here)),
+        params, state, _ = fit_batches(f_train, base, params,
+                                       sized(itertools.islice(batches, count_here), batches.batch_sampler.shares()),
                                        opt=opt, state=state, start=done, on_step=on_step, progress=False,
-                                       total=count_here, compile=opts.compile)
+                                       total=count_here, compile=opts.compile, step=step)
         spent[epoch] = spent.get(epoch, 0.0) + time.perf_counter() - began  # training alone, not val
         done += count_here
         if done == (epoch + 1) * per_epoch or done == total:
@@ -604,6 +626,8 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
     if opts.checkpoint is not None:
         checkpoint(done, params, state)
 
+    if not lead:
+        return None
     chosen = best["params"] if best is not None else params
     check_losses(losses, lr, opts.strict)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -619,13 +643,6 @@ def train_dataset(opts: TrainOptions, claim: Callable[[Path], None] | None = Non
             "val": best["val"] if best is not None else None, "best_epoch": best["epoch"] if best else None,
             "loss": losses, "trainable": count(chosen), "seconds": seconds, "cached": cache_note,
             "device": str(device)}
-
-
-def _to(x, device):
-    """A batch (tensor, or tuple of features, some of them plain numbers) on `device`."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in x)
 
 
 def _features_outgrow_images(prefix, base, preprocess, path: Path, device) -> bool:
@@ -684,42 +701,3 @@ def _fingerprint(paths: Sequence[Path], labels: Sequence[int], hashes: Sequence[
         digest.update(f"{hashes[i] if hashes else content_hash(path)}:{label};".encode())
     return f"{len(paths)} images, sha256 {digest.hexdigest()[:16]}"
 
-
-def _loader(dataset, batch_size: int, seed: int, epoch: int, start: int, workers: int):
-    from .data import loader
-
-    return loader(dataset, batch_size, seed, epoch, start, workers=workers)
-
-
-def _evaluate(f: Callable, base, params, data, batch_size: int, workers: int, device) -> dict:
-    from .data import loader
-    from .evaluate import accuracy
-
-    logits, labels = [], []
-    with torch.no_grad():
-        for x, y in loader(data, batch_size, 0, 0, workers=workers, shuffle=False):
-            x = _to(x, device)
-            logits.append(f(base, params, x).float().cpu())
-            labels.append(y)
-    return accuracy(torch.cat(logits), torch.cat(labels))
-
-
-class _Augmented(torch.utils.data.Dataset):
-    """(augmented, preprocessed image, label): the draw is fixed by (seed, epoch, index), so a
-    resumed run sees the same pictures."""
-
-    def __init__(self, paths, labels, preprocess, seed: int):
-        self.paths, self.labels, self.preprocess, self.seed, self.epoch = list(paths), list(labels), preprocess, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from .augment import _mix, augment_image
-        from .images import load_image
-
-        return self.preprocess(augment_image(load_image(self.paths[i]), _mix(self.seed, self.epoch, i))), self.labels[i]
-
-
-def _augmented(paths, labels, preprocess, seed: int) -> _Augmented:
-    return _Augmented(paths, labels, preprocess, seed)

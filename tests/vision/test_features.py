@@ -85,3 +85,33 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         cached_features(paths, _Counting(), to_tensor, tmp_path / "c", "k", progress=False)
     assert not [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+
+
+def test_two_ranks_share_one_cache_each_computing_its_chunks_and_both_read_every_file_whole(tmp_path):
+    # Started without torchrun (the env it would set): rank 0 is slow, rank 1 must wait for its files.
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import REPO, free_port
+
+    paths = _images(tmp_path / "img", 5)  # chunks of 2: [0, 1] [2, 3] [4] -> rank 0 owns 0 and 2, rank 1 owns 1
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    worker = Path(__file__).with_name("features_worker.py")
+    ranks = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "img"), str(tmp_path / "cache"),
+                               str(tmp_path)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()
+    assert [p.returncode for p in ranks] == [0, 0], errors
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert got[0]["seen"] == [2, 1] and got[1]["seen"] == [2]  # each its own chunks, none twice
+    assert got[0]["made"] == got[1]["made"] == 5  # the total, on every rank
+    expected = [to_tensor(Image.open(p).convert("RGB")).mean(dim=(1, 2)).tolist() for p in paths]
+    assert got[0]["means"] == got[1]["means"] == expected
