@@ -44,7 +44,9 @@ __all__ = ["World", "init", "shutdown", "explain", "broadcast", "all_reduce", "b
 
 TIMEOUT_S = 300.0
 """Seconds a collective waits for the other ranks before failing (env FUNCLORA_DIST_TIMEOUT):
-a rank that hangs stops all of them after this long. A rank that dies is noticed at once."""
+a rank that hangs stops all of them after this long. A rank that dies is noticed at once.
+Joining the group at the start waits at least TIMEOUT_S, whatever this is set to: ranks start
+apart by their import and loading time (seconds on a busy machine), which is no hang."""
 
 
 class World(NamedTuple):
@@ -73,7 +75,10 @@ def init(device: str | torch.device | None = None, *, timeout_s: float | None = 
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=max(timeout_s, TIMEOUT_S)))
+        # Every rank has joined: from here on a rank that stops answering is a hang.
+        set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout  # torch < 2.8
+        set_timeout(datetime.timedelta(seconds=timeout_s))
     return World(rank, size, device)
 
 

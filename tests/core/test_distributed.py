@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 import funclora as fl
 import funclora.distributed as fld
 from distributed_worker import STEPS, opts, problem
+from helpers import free_port
 from funclora.keep import keep_term
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -120,46 +122,62 @@ def test_two_processes_on_torchrun_end_equal_to_one(tmp_path):
     assert history["extra"][-1] > 0  # the keep term did take part
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_failing_rank_stops_every_rank_with_one_line(tmp_path):
     # Three runs at once, ranks started directly (torchrun's agent would also stop them: the
     # guarantee is ours): rank 1 raises, is killed, or stops answering at its third step.
+    # Rank 1 of the first run joins later than the timeout: joining is no hang. (When joining was
+    # bound by this 5 s timeout, ranks that started more than 5 s apart on a busy machine failed
+    # with a traceback: the likely cause of this test's rare failures.)
     timeout, modes = 5, ("raise", "kill", "hang")
-    runs = {}
+    ports = {mode: free_port() for mode in modes}
+
+    def start(mode, rank):
+        return subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / mode), mode], stderr=subprocess.PIPE,
+                                text=True, env=_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                                                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[mode]),
+                                                    FUNCLORA_DIST_TIMEOUT=str(timeout)))
+
     for mode in modes:
-        port, out = _free_port(), tmp_path / mode
-        out.mkdir()
-        runs[mode] = [subprocess.Popen(
-            [sys.executable, str(WORKER), str(out), mode], stderr=subprocess.PIPE, text=True,
-            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=str(port), FUNCLORA_DIST_TIMEOUT=str(timeout))) for r in range(2)]
-    lines = {}
+        (tmp_path / mode).mkdir()
+    runs = {mode: [start(mode, 0)] + ([] if mode == "raise" else [start(mode, 1)]) for mode in modes}
+    _listening(ports["raise"])  # rank 0 waits in init for rank 1...
+    time.sleep(timeout + 1)  # ...longer than the timeout
+    runs["raise"].append(start("raise", 1))
+    stderr = {}  # whole, so that a failure shows what each rank printed
     try:
         for mode in modes:
             rank0, rank1 = runs[mode]
-            lines[mode, 0] = _lines(rank0.communicate(timeout=240)[1])  # rank 0 ends by itself...
+            stderr[mode, 0] = rank0.communicate(timeout=240)[1]  # rank 0 ends by itself...
             if mode == "hang":  # ...while the silent rank 1 is still alive (torchrun would end it)
-                assert rank1.poll() is None
+                assert rank1.poll() is None, rank1.communicate()[1][-2000:]
                 rank1.kill()
-            lines[mode, 1] = _lines(rank1.communicate(timeout=60)[1])
+            stderr[mode, 1] = rank1.communicate(timeout=60)[1]
     finally:
         for procs in runs.values():
             for p in procs:
                 p.kill()
+    lines = {key: _lines(text) for key, text in stderr.items()}
     stopped = f"worker: rank 0 of 2: stopped: another rank failed or gave no answer within {timeout} s (its own"
     for mode in modes:
         rank0, rank1 = runs[mode]
-        assert rank0.returncode == 1 and len(lines[mode, 0]) == 1, (mode, lines)
+        assert rank0.returncode == 1 and len(lines[mode, 0]) == 1, (mode, rank0.returncode, stderr[mode, 0][-3000:])
         assert lines[mode, 0][0].startswith(stopped), lines[mode, 0]
         assert not list((tmp_path / mode).iterdir())  # a failed run writes nothing
     assert runs["raise"][1].returncode == 1
     assert lines["raise", 1] == ["worker: rank 1 of 2: cannot read image bad.png (truncated file)"]
     assert runs["kill"][1].returncode == -signal.SIGKILL and lines["kill", 1] == []
+
+
+def _listening(port: int, within_s: float = 120) -> None:
+    """Wait until a rank 0 listens on `port` (its store: it has entered the process group's init)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"no rank 0 listening on port {port} after {within_s} s")
 
 
 def _lines(stderr: str) -> list[str]:
