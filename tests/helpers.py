@@ -28,9 +28,16 @@ not_under_mutmut = pytest.mark.skipif(
 
 def free_port() -> int:
     """A TCP port free on localhost now (for a process group's MASTER_PORT)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports free on localhost now: all held open while drawn, so none repeats."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def run_cli(*argv) -> tuple[int, str, str]:

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 import funclora as fl
 import funclora.distributed as fld
 from distributed_worker import STEPS, opts, problem
-from helpers import free_port
+from helpers import free_ports
 from funclora.keep import keep_term
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -129,7 +129,7 @@ def test_a_failing_rank_stops_every_rank_with_one_line(tmp_path):
     # bound by this 5 s timeout, ranks that started more than 5 s apart on a busy machine failed
     # with a traceback: the likely cause of this test's rare failures.)
     timeout, modes = 5, ("raise", "kill", "hang")
-    ports = {mode: free_port() for mode in modes}
+    ports = dict(zip(modes, free_ports(len(modes))))  # distinct: three runs at once
 
     def start(mode, rank):
         return subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / mode), mode], stderr=subprocess.PIPE,
