@@ -9,6 +9,9 @@ Two kinds of input:
   (`train_dataset`). Folder names that are ImageNet classes teach those labels through the
   ImageNet head; `head="new"` trains a fresh head with one output per class folder instead.
 
+Under torchrun (`opts.world`, `funclora.distributed.init()`) both train data-parallel: each process
+its share of every (global) batch, one all-reduce a step; rank 0 alone prints and writes.
+
 >>> opts = TrainOptions("data/goldfish", backbone="efficientnet_lite0", steps=3, quiet=True)
 >>> opts.head, opts.batch_size, opts.device
 ('imagenet', 32, 'auto')

@@ -37,19 +37,20 @@ def _env(**extra) -> dict:
             "OMP_NUM_THREADS": "1", **extra}
 
 
-def _torchrun(*argv) -> subprocess.CompletedProcess:
+def _torchrun(*argv, program=("-m", "funclora")) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "funclora", *map(str, argv)], env=_env(), capture_output=True, text=True, timeout=300)
+                           *program, *map(str, argv)], env=_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two processes (computing the features into a fresh cache), then one process on the same
-    cache; both write checkpoints at steps 2, 4 and 6 (the two newest are kept)."""
+    """Two processes (computing the features into a fresh cache; rank 1 drawing other starting
+    adapters and head, which rank 0's must replace), then one process on the same cache; both
+    write checkpoints at steps 2, 4 and 6 (the two newest are kept)."""
     root = tmp_path_factory.mktemp("parallel")
     data = _dataset(root / "shapes")
     two = _torchrun("train", data, *COMMON, "--cache", root / "cache", "--checkpoint", root / "two",
-                    "--out", root / "two.safetensors")
+                    "--out", root / "two.safetensors", program=[str(Path(__file__).with_name("other_init_worker.py"))])
     assert two.returncode == 0, two.stderr[-3000:]
     code, one, err = run_cli("train", data, *COMMON, "--cache", root / "cache", "--checkpoint", root / "one",
                              "--out", root / "one.safetensors")
