@@ -4,7 +4,9 @@
 
 MODE "train" (default): data-parallel `fld.fit` and `fl.fit_many` on `problem()`'s global batch;
 rank 0 alone writes OUT_DIR/fit.safetensors, many_<k>.safetensors and histories.json.
-MODE "raise" / "kill" / "hang": rank 1 fails at step 3 (an error, SIGKILL, or stops answering).
+MODE "raise" / "kill": rank 1 fails at step 3 (an error, or SIGKILL). MODE "hang": rank 1 stops
+answering as soon as it has joined the group (before any collective, so that rank 0 can have waited
+on nothing else when its timeout ends: a loaded machine delays a step by seconds, which is no hang).
 Every rank that fails prints one line (fld.explain) and exits 1.
 """
 import json
@@ -44,6 +46,8 @@ def opts():
 
 def main(out: Path, mode: str) -> int:
     world = fld.init()
+    if mode == "hang" and world.rank == 1:
+        time.sleep(3600)
     try:
         model, cfg, x, y, keep, xs = problem()
         base, f = fl.freeze(model), fl.functional(model, cfg)
@@ -51,12 +55,10 @@ def main(out: Path, mode: str) -> int:
         lora = fld.broadcast(fl.init_lora(model, cfg, seed=world.rank), world)
 
         def batch(i):
-            if i == 2 and world.rank == 1 and mode != "train":
-                if mode == "raise":
-                    raise ValueError("cannot read image bad.png (truncated file)")
-                if mode == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                time.sleep(3600)  # "hang"
+            if i == 2 and world.rank == 1 and mode == "raise":
+                raise ValueError("cannot read image bad.png (truncated file)")
+            if i == 2 and world.rank == 1 and mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             return x
 
         opt, many_opts = opts()
