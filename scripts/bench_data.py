@@ -85,7 +85,8 @@ def row(result: dict) -> dict:
             "trainable": result["trainable"], "trainable_pct": 100 * result["trainable"] / LITE0_PARAMS,
             "adapter_kb": result["adapter_bytes"] / 1024, "epochs": len(history),
             "s_per_epoch": sum(train_seconds) / len(train_seconds), "peak_rss_mb": result["peak_rss_mb"],
-            "images": result["images"], "features_s": (result["cached"] or {}).get("seconds")}
+            "images": result["images"], "features_s": (result["cached"] or {}).get("seconds"),
+            "test_top1_per_epoch": [e["val"]["top1"] if e["val"] else None for e in history]}
 
 
 def main(argv=None) -> int:
