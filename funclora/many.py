@@ -1,11 +1,17 @@
-"""Many adapters at once: K adapters are one stacked pytree, K training runs are one vmapped step.
+"""Many adapters at once: K adapters are one stacked pytree, K training runs are one step.
 
 An adapter is data, so K of them stack into one pytree with a leading K axis (`stack`), and K
-runs of the pure step become one `torch.func.vmap` over that axis with the frozen base unbatched.
-Only the low-rank path is per adapter: the base layers see a batched input and an unbatched
-weight, which vmap runs as one large batch (K·N examples), computed once where the input is
-shared and not yet adapted. (A per-adapter weight would turn each dense convolution into a
-K-group one, slow on GPU: that is why they run on the "activation" path here, see `vmappable`.)
+runs of the pure step become one step over that axis, in one of two forms:
+
+- the stacked pass (funclora.stacked), for f from `fl.functional` on images: no vmap; the K
+  batches go through the model as one batch of K·N examples, every frozen layer runs once on
+  all of them with its own unbatched weight, and only the adapted layers split them into the
+  K blocks (the rank-r path per block; depthwise layers merged per block). The gradient is
+  torch.func.grad of the sum of the K losses (the adapters share no parameter).
+- one `torch.func.vmap` of grad_and_value over the K axis with the frozen base unbatched, for
+  any other pure f (a `fl.split` suffix on cached features) and where a frozen prefix reads
+  shared data: vmap computes that prefix once. (A per-adapter dense weight would turn each
+  convolution into a K-group one: fused layers run on the "activation" path here, see `vmappable`.)
 
 >>> import torch, funclora as fl
 >>> _ = torch.manual_seed(0)
