@@ -237,8 +237,9 @@ def make_step_many(f: Apply, opt: Optimizer | Sequence[Optimizer], loss_fn: Loss
     def scaled(lora: Lora, scale) -> Lora:  # the adapter's own alpha / rank, relative to f's
         if scale is None:
             return lora
-        return {n: {**ab, "B": ab["B"] * scale.view(-1, *[1] * (ab["B"].dim() - scale.dim()))}
-                for n, ab in lora.items()}
+        if scale.dim() == 0:  # under vmap: this adapter's own
+            return {n: {**ab, "B": ab["B"] * scale} for n, ab in lora.items()}
+        return {n: {**ab, "B": ab["B"] * scale.view(-1, *[1] * (ab["B"].dim() - 1))} for n, ab in lora.items()}
 
     def penalty_of(lora: Lora, base: Base, weight):
         penalty = extra(lora, base)

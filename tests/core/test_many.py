@@ -101,15 +101,28 @@ def test_each_adapter_equals_its_solo_fit(shared):
     assert histories[0] != histories[1]  # they did train apart
 
 
-def test_one_optimizer_for_all_and_a_keep_term_with_a_weight_per_adapter():
+def _vmap_only(f):
+    """f without its stacked form: fit_many takes the vmap path."""
+    def g(*args, **kwargs):
+        return f(*args, **kwargs)
+    g.vmappable = f.vmappable
+    return g
+
+
+PATHS = pytest.mark.parametrize("path", ["stacked", "vmap"])
+
+
+@PATHS
+def test_one_optimizer_for_all_and_a_keep_term_with_a_weight_per_adapter(path):
     model = _model()
     cfg = fl.LoraConfig(rank=2, targets=fl.ALL)
     base, f = fl.freeze(model), fl.functional(model, cfg)
+    run = f if path == "stacked" else _vmap_only(f)
     x, y = _data(0)
     keep = keep_term(f, base, _data(5)[0], weight=1.0)
     loras = [fl.init_lora(model, cfg, seed=s) for s in range(2)]
 
-    out, hist = fl.fit_many(f, base, loras, x, y, opt=fl.adam(5e-2), steps=4, extra=keep,
+    out, hist = fl.fit_many(run, base, loras, x, y, opt=fl.adam(5e-2), steps=4, extra=keep,
                             extra_weights=[0.0, 3.0], progress=False, terms=True)
 
     for k, weight in enumerate([0.0, 3.0]):
@@ -121,7 +134,8 @@ def test_one_optimizer_for_all_and_a_keep_term_with_a_weight_per_adapter():
     assert hist[1]["extra"][-1] > 0 == hist[0]["extra"][-1]
 
 
-def test_adapters_of_different_ranks_and_alphas_train_as_they_would_alone():
+@PATHS
+def test_adapters_of_different_ranks_and_alphas_train_as_they_would_alone(path):
     model = _model()
     cfgs = [fl.LoraConfig(rank=1, targets=fl.ALL), fl.LoraConfig(rank=4, targets=fl.ALL),
             fl.LoraConfig(rank=2, alpha=8.0, targets=fl.ALL)]  # scales 1, 1 and 4
@@ -130,7 +144,8 @@ def test_adapters_of_different_ranks_and_alphas_train_as_they_would_alone():
     loras = [fl.init_lora(model, c, seed=s) for s, c in enumerate(cfgs)]
 
     opt = fl.sgd(0.1, momentum=0.9)  # not scale-invariant (as Adam nearly is): a wrong scale shows
-    out, hist = fl.fit_many(fl.functional(model, big), base, loras, x, y, opt=opt, steps=5,
+    f = fl.functional(model, big)
+    out, hist = fl.fit_many(f if path == "stacked" else _vmap_only(f), base, loras, x, y, opt=opt, steps=5,
                             scales=[1.0, 1.0, 4.0], progress=False)
 
     for k, c in enumerate(cfgs):
