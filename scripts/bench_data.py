@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
 LITE0_PARAMS = 4_652_008  # parameters of EfficientNet-Lite0 (with its 1000-class head)
-LAST_BLOCKS = ("_blocks.15.*", "_conv_head")
+LAST_BLOCKS = ("_blocks.14.*", "_blocks.15.*", "_conv_head")
 
 
 def read_idx(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +93,10 @@ def main(argv=None) -> int:
     parser.add_argument("--train", type=int, default=3000, help="training images (default 3000)")
     parser.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the head and last-blocks runs")
-    parser.add_argument("--lr", default="3e-3", help="Adam learning rate of every run")
+    parser.add_argument("--lr", default="1e-3", help="Adam learning rate of every run")
+    parser.add_argument("--targets", nargs="+", default=list(LAST_BLOCKS),
+                        help=f"the last-blocks run's LoRA targets (default {' '.join(LAST_BLOCKS)})")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank of the adapters (default 8)")
     parser.add_argument("--all-train", type=int, default=300,
                         help="training images of the all-layers run (a subset: it runs the whole model every step)")
     parser.add_argument("--all-epochs", type=int, default=2)
@@ -111,14 +114,16 @@ def main(argv=None) -> int:
     results = {"commands": [], "rows": []}
 
     head = train("head only", train_dir, work, *common, val=test_dir)
-    blocks = train("LoRA r8 last block + head", train_dir, work, *common, "--targets", *LAST_BLOCKS, val=test_dir)
+    blocks = train(f"LoRA r{args.rank} on {' '.join(args.targets)} + head", train_dir, work, *common,
+                   "--targets", *args.targets, "--rank", str(args.rank), val=test_dir)
     runs = [head, blocks]
     save({**results, "rows": [row(r) for r in runs]}, args.json_out)
     if not args.skip_all:
         small = export("train", args.all_train, work / f"train{args.all_train}")
-        runs.append(train(f"LoRA r8 all layers + head ({args.all_train} images)", small, work,
+        runs.append(train(f"LoRA r{args.rank} all layers + head ({args.all_train} images)", small, work,
                           "--epochs", str(args.all_epochs), "--batch-size", "32", "--lr", args.lr,
-                          "--targets", "all", "--cache", "none", val=test_dir, timeout=7200))
+                          "--targets", "all", "--rank", str(args.rank), "--cache", "none", val=test_dir,
+                          timeout=7200))
     results["rows"] = [row(r) for r in runs]
     results["commands"] = [r["command"] for r in runs]
 

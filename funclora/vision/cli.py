@@ -404,7 +404,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_dataset(result: dict, args: argparse.Namespace) -> int:
-    last_val = next((e["val"] for e in reversed(result["epochs"]) if e["val"] is not None), None)
     if args.json:
         print(json.dumps({"adapter": str(result["adapter"]), "classes": result["classes"], "head": result["head"],
                           "images": result["images"], "steps": result["steps"], "val": result["val"],

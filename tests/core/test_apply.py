@@ -198,7 +198,7 @@ def test_train_mode_normalises_by_the_batch_and_returns_the_statistics_torch_wou
 def test_the_mode_is_the_calls_argument_not_the_models():
     model = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.5)).train()
     cfg = fl.LoraConfig(rank=2)
-    f, base, lora = fl.functional(model, cfg), fl.freeze(model), trained(model, cfg)
+    f, base = fl.functional(model, cfg), fl.freeze(model)
     x = torch.randn(4, 16)
     with torch.no_grad():
         clean = model.eval()(x) + 0  # eval mode, by the model itself

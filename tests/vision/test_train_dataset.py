@@ -171,7 +171,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_bitwise_equal_to_an_uninterr
     resumed = subprocess.run(_cli(*common, "--checkpoint", tmp_path / "b", "--out", tmp_path / "b.safetensors",
                                   "--resume"), capture_output=True, text=True, env=env, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from" in resumed.stderr and f"(step {interrupted_at} of {total})" in resumed.stderr
+    assert "resuming from" in resumed.stderr and f"(step {interrupted_at} of {total})" in resumed.stderr
     a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     end_a, _ = fl.load_checkpoint(fl.latest_checkpoint(tmp_path / "a"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hostile import LITE, cli, fails, no_hang, one_line, snapshot, tiny_images, train_args
+from hostile import LITE, cli, fails, no_hang, snapshot, tiny_images, train_args
 
 
 def _png(width, height):

@@ -11,7 +11,7 @@ import torch
 
 import funclora as fl
 from funclora import io as fio
-from hostile import LITE, assert_finite_files, cli, fails, snapshot, tiny_images, train_args
+from hostile import assert_finite_files, cli, fails, snapshot, tiny_images, train_args
 
 PNG = b"\x89PNG\r\n\x1a\n my holiday photo"
 
