@@ -104,6 +104,8 @@ def reads_input_first(g: StackedApply, base: Mapping[str, torch.Tensor], x: torc
             functional_call(shell, dict(base), (probe,))
     except Found:
         pass
+    except Exception:  # it cannot run one example alone: vmap's path is right for any model
+        return False
     finally:
         for hook in hooks:
             hook.remove()
@@ -165,7 +167,7 @@ def _low_rank(layer: nn.Module, x: torch.Tensor, *, twin: nn.Module, scale: floa
         return out
     k, r = a.shape[0], a.shape[1]
     if isinstance(layer, nn.Linear):  # out + (K, rows, in) @ (K, in, r) @ (K, r, out), the sum in one product
-        rows = out.view(k, -1, out.shape[-1])
+        rows = out.reshape(k, -1, out.shape[-1])
         h = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2))
         return torch.baddbmm(rows, h, scale * b.transpose(1, 2)).view_as(out)
     groups, n = layer.groups, x.shape[0] // k

@@ -132,3 +132,12 @@ def test_reads_input_first():
 
     model = Scaled()
     assert not reads_input_first(stacked_apply(model, cfg), fl.freeze(model), x)
+
+    class NeedsTwo(Scaled):  # cannot run one example alone: no claim (fit_many then takes vmap's path)
+        def forward(self, x):
+            if x.shape[0] < 2:
+                raise ValueError("give me two")
+            return self.conv(x)
+
+    model = NeedsTwo()
+    assert not reads_input_first(stacked_apply(model, cfg), fl.freeze(model), x)
