@@ -85,7 +85,8 @@ def row(result: dict) -> dict:
             "trainable": result["trainable"], "trainable_pct": 100 * result["trainable"] / LITE0_PARAMS,
             "adapter_kb": result["adapter_bytes"] / 1024, "epochs": len(history),
             "s_per_epoch": sum(train_seconds) / len(train_seconds), "peak_rss_mb": result["peak_rss_mb"],
-            "images": result["images"], "features_s": (result["cached"] or {}).get("seconds")}
+            "images": result["images"], "features_s": (result["cached"] or {}).get("seconds"),
+            "test_top1_per_epoch": [e["val"]["top1"] if e["val"] else None for e in history]}
 
 
 def main(argv=None) -> int:
@@ -105,7 +106,13 @@ def main(argv=None) -> int:
                         help="training images of the features-on-disk vs recomputed epoch (default 100)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "fashion_mnist")
     parser.add_argument("--json-out", type=Path, default=ROOT / "docs" / "bench_data.json")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only draw docs/bench_data.png from the --json-out of an earlier run")
     args = parser.parse_args(argv)
+    picture = args.json_out.with_suffix(".png")
+    if args.plot_only:
+        plot(json.loads(args.json_out.read_text()), picture)
+        return 0
     work = args.work
     train_dir = export("train", args.train, work / f"train{args.train}")
     test_dir = export("t10k", args.test, work / f"test{args.test}")
@@ -117,16 +124,8 @@ def main(argv=None) -> int:
     blocks = train(f"LoRA r{args.rank} on {' '.join(args.targets)} + head", train_dir, work, *common,
                    "--targets", *args.targets, "--rank", str(args.rank), val=test_dir)
     runs = [head, blocks]
-    save({**results, "rows": [row(r) for r in runs]}, args.json_out)
-    if not args.skip_all:
-        small = export("train", args.all_train, work / f"train{args.all_train}")
-        runs.append(train(f"LoRA r{args.rank} all layers + head ({args.all_train} images)", small, work,
-                          "--epochs", str(args.all_epochs), "--batch-size", "32", "--lr", args.lr,
-                          "--targets", "all", "--rank", str(args.rank), "--cache", "none", val=test_dir,
-                          timeout=7200))
     results["rows"] = [row(r) for r in runs]
     results["commands"] = [r["command"] for r in runs]
-
     save(results, args.json_out)
     # Features on disk vs recomputed, one epoch of the head each, side by side (the first --speedup
     # training images: their features are on disk already, from the head-only run).
@@ -146,8 +145,40 @@ def main(argv=None) -> int:
                          "growth_pct": 100 * (mem[1]["peak_rss_mb"] / mem[0]["peak_rss_mb"] - 1)}
     results["commands"] += [r["command"] for r in (cached, fresh, *mem)]
     save(results, args.json_out)
+    if not args.skip_all:  # last: the slowest run (the whole model every step, nothing cached)
+        small = export("train", args.all_train, work / f"train{args.all_train}")
+        runs.append(train(f"LoRA r{args.rank} all layers + head ({args.all_train} images)", small, work,
+                          "--epochs", str(args.all_epochs), "--batch-size", "32", "--lr", args.lr,
+                          "--targets", "all", "--rank", str(args.rank), "--cache", "none", val=test_dir,
+                          timeout=7200))
+        results["rows"].append(row(runs[-1]))
+        results["commands"].append(runs[-1]["command"])
+        save(results, args.json_out)
+    plot(results, picture)
     print(table(results))
     return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    """Test top-1 after each epoch, one line per setting: what the table's last column hides."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for r in results["rows"]:
+        top1 = [100 * t for t in r.get("test_top1_per_epoch") or [] if t is not None]
+        ax.plot(range(1, len(top1) + 1), top1, marker="o",
+                label=f"{r['setting']} ({r['trainable']:,} trained)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Fashion-MNIST on EfficientNet-Lite0 (scripts/bench_data.py)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def save(results: dict, path: Path) -> None:

@@ -39,3 +39,18 @@ def test_a_new_head_on_lite0_features_learns_fashion_mnist_from_a_small_slice(tm
     assert result["classes"] == sorted(bench_data.CLASSES) and result["images"] == 200
     last = result["history"][-1]["val"]["top1"]
     assert last >= 0.6, result["history"]  # chance is 0.1; a linear probe on 200 images reaches ~0.7
+
+
+def test_the_benchmark_draws_test_accuracy_per_epoch_and_tabulates_every_row(tmp_path):
+    rows = [{"setting": name, "test_top1": acc[-1], "trainable": n, "trainable_pct": 100 * n / bench_data.LITE0_PARAMS,
+             "adapter_kb": n / 256, "epochs": len(acc), "s_per_epoch": 1.5, "peak_rss_mb": 900.0, "images": 30,
+             "features_s": None, "test_top1_per_epoch": acc}
+            for name, n, acc in (("head only", 12810, [0.8, 0.85]), ("LoRA + head", 88346, [0.82, 0.88, 0.9]))]
+    results = {"rows": rows, "cache": {"images": 10, "cached_s": 0.5, "recomputed_s": 20.0, "speedup": 40.0},
+               "memory": {"images": [3, 30], "peak_rss_mb": [900.0, 930.0], "growth_pct": 3.3}}
+    picture = tmp_path / "bench_data.png"
+    bench_data.plot(results, picture)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5000
+    text = bench_data.table(results)
+    assert "| head only | 85.0% | 12,810 (0.28%)" in text and "| LoRA + head | 90.0% | 88,346 (1.90%)" in text
+    assert "(40x)" in text and "(+3.3%)" in text
