@@ -151,7 +151,15 @@ def functional(model: nn.Module, cfg: LoraConfig, *,
     f.vmappable = cache(lambda: functional(model, cfg, strategy={
         n: "activation" if s == "fused" else s for n, s in how.items()}))
 
+    # K adapters in one pass without vmap (funclora.stacked; funclora.many trains with it)
+    f.stacked = cache(lambda: _stacked(model, cfg, strategy))
+
     return f
+
+
+def _stacked(model: nn.Module, cfg: LoraConfig, strategy):
+    from .stacked import stacked_apply  # it builds on this module
+    return stacked_apply(model, cfg, strategy)
 
 
 _MODES = ("eval", "train", "train+stats")

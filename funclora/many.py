@@ -1,11 +1,17 @@
-"""Many adapters at once: K adapters are one stacked pytree, K training runs are one vmapped step.
+"""Many adapters at once: K adapters are one stacked pytree, K training runs are one step.
 
 An adapter is data, so K of them stack into one pytree with a leading K axis (`stack`), and K
-runs of the pure step become one `torch.func.vmap` over that axis with the frozen base unbatched.
-Only the low-rank path is per adapter: the base layers see a batched input and an unbatched
-weight, which vmap runs as one large batch (K·N examples), computed once where the input is
-shared and not yet adapted. (A per-adapter weight would turn each dense convolution into a
-K-group one, slow on GPU: that is why they run on the "activation" path here, see `vmappable`.)
+runs of the pure step become one step over that axis, in one of two forms:
+
+- the stacked pass (funclora.stacked), for f from `fl.functional` on images: no vmap; the K
+  batches go through the model as one batch of K·N examples, every frozen layer runs once on
+  all of them with its own unbatched weight, and only the adapted layers split them into the
+  K blocks (the rank-r path per block; depthwise layers merged per block). The gradient is
+  torch.func.grad of the sum of the K losses (the adapters share no parameter).
+- one `torch.func.vmap` of grad_and_value over the K axis with the frozen base unbatched, for
+  any other pure f (a `fl.split` suffix on cached features) and where a frozen prefix reads
+  shared data: vmap computes that prefix once. (A per-adapter dense weight would turn each
+  convolution into a K-group one: fused layers run on the "activation" path here, see `vmappable`.)
 
 >>> import torch, funclora as fl
 >>> _ = torch.manual_seed(0)
@@ -42,9 +48,10 @@ from tqdm.auto import tqdm
 from .distributed import World, all_reduce, shard
 from .lora import Lora
 from .optim import Optimizer, apply_updates
+from .stacked import reads_input_first
 from .train import Apply, Base, LossFn, cross_entropy
 
-__all__ = ["stack", "unstack", "pad_rank", "fit_many", "make_step_many", "per_example", "vmappable"]
+__all__ = ["stack", "unstack", "pad_rank", "fit_many", "make_step_many", "stacked_form", "per_example", "vmappable"]
 
 Data = Any
 """A batch: a tensor, or a tuple of cached features (`funclora.split`)."""
@@ -207,9 +214,14 @@ def _hyper(values: Sequence[float] | None, k: int, what: str) -> torch.Tensor | 
 
 def make_step_many(f: Apply, opt: Optimizer | Sequence[Optimizer], loss_fn: LossFn = cross_entropy,
                    extra: Callable[[Lora, Base], torch.Tensor] | None = None, *, x_dims: Any = None,
-                   y_dims: Any = None, world: World | None = None) -> Callable:
+                   y_dims: Any = None, world: World | None = None, stacked: Callable | None = None) -> Callable:
     """A pure step(stacked, state, base, x, y, hyper, share) -> (stacked, state, losses (K,), terms):
-    one gradient step of every adapter, as one vmap of `grad_and_value` over the K axis.
+    one gradient step of every adapter at once.
+
+    By default one vmap of `grad_and_value` over the K axis. With `stacked` (`stacked_form(f)`,
+    for f from `fl.functional`) and tensor data: no vmap, one pass of the K·N examples through the
+    stacked model (funclora.stacked) and torch.func.grad of the sum of the K losses (the adapters
+    share no parameter: each gets its own loss's gradient); shared x is copied K times.
 
     x_dims / y_dims: 0 where x / y carry a leading K axis (per-adapter data), None where shared
     (a pytree of those for cached features). `hyper` = (scale (K,) or None, extra weight (K,) or
@@ -222,31 +234,74 @@ def make_step_many(f: Apply, opt: Optimizer | Sequence[Optimizer], loss_fn: Loss
     f = vmappable(f)
     size = 1 if world is None else world.size
 
+    def scaled(lora: Lora, scale) -> Lora:  # the adapter's own alpha / rank, relative to f's
+        if scale is None:
+            return lora
+        if scale.dim() == 0:  # under vmap: this adapter's own
+            return {n: {**ab, "B": ab["B"] * scale} for n, ab in lora.items()}
+        return {n: {**ab, "B": ab["B"] * scale.view(-1, *[1] * (ab["B"].dim() - 1))} for n, ab in lora.items()}
+
+    def penalty_of(lora: Lora, base: Base, weight):
+        penalty = extra(lora, base)
+        penalty = penalty if weight is None else weight * penalty
+        return penalty if size == 1 else penalty / size  # every rank adds the same term
+
     def loss(lora: Lora, base: Base, x: Data, y: torch.Tensor, scale, weight, share: float):
-        if scale is not None:  # the adapter's own alpha / rank, relative to f's
-            lora = {n: {**ab, "B": ab["B"] * scale} for n, ab in lora.items()}
+        lora = scaled(lora, scale)
         value = loss_fn(f(base, lora, x), y)
         value = value if share == 1 else value * share  # this rank's part of the global mean
         if extra is None:
             return value, (value.detach(), torch.zeros((), device=value.device))
-        penalty = extra(lora, base)
-        penalty = penalty if weight is None else weight * penalty
-        penalty = penalty if size == 1 else penalty / size  # every rank adds the same term
+        penalty = penalty_of(lora, base, weight)
         return value + penalty, (value.detach(), penalty.detach())
 
-    def step(stacked: Lora, state: Any, base: Base, x: Data, y: torch.Tensor, hyper=(None, None),
+    def loss_stacked(lora: Lora, base: Base, x: torch.Tensor, y: torch.Tensor, scale, weight, share: float):
+        lora = scaled(lora, scale)
+        k = tree_flatten(lora)[0][0].shape[0]
+        if x_dims is None:  # K copies of the shared batch, adapter-major
+            x = x.unsqueeze(0).expand(k, *x.shape)
+        outs = stacked(base, lora, x.flatten(0, 1)).unflatten(0, (k, -1))
+        values = torch.stack([loss_fn(outs[i], y if y_dims is None else y[i]) for i in range(k)])
+        values = values if share == 1 else values * share
+        penalties = torch.zeros_like(values)
+        if extra is not None:  # each adapter's term as it would run alone
+            penalties = torch.stack([penalty_of(one, base, None if weight is None else weight[i])
+                                     for i, one in enumerate(unstack(lora))])
+        total = values + penalties
+        return total.sum(), (total.detach(), (values.detach(), penalties.detach()))
+
+    def step(stacked_lora: Lora, state: Any, base: Base, x: Data, y: torch.Tensor, hyper=(None, None),
              share: float = 1.0):
         scale, weight = hyper
-        dims = (0, None, x_dims, y_dims, None if scale is None else 0, None if weight is None else 0, None)
-        grads, (total, (train, penalty)) = vmap(grad_and_value(loss, has_aux=True), in_dims=dims)(
-            stacked, base, x, y, scale, weight, share)
+        if stacked is not None:
+            grads, (_, (total, (train, penalty))) = grad_and_value(loss_stacked, has_aux=True)(
+                stacked_lora, base, x, y, scale, weight, share)
+        else:
+            dims = (0, None, x_dims, y_dims, None if scale is None else 0, None if weight is None else 0, None)
+            grads, (total, (train, penalty)) = vmap(grad_and_value(loss, has_aux=True), in_dims=dims)(
+                stacked_lora, base, x, y, scale, weight, share)
         total, terms = total.detach(), {"train": train, "extra": penalty}
         if world is not None:
             grads, total, terms = all_reduce((grads, total, terms), world)
-        stacked, state = _update(opt, grads, state, stacked)
-        return stacked, state, total, terms
+        stacked_lora, state = _update(opt, grads, state, stacked_lora)
+        return stacked_lora, state, total, terms
 
     return step
+
+
+def stacked_form(f: Apply, base: Base, x: Data, x_dims: Any) -> Callable | None:
+    """The stacked form of f (`funclora.stacked`) to train K adapters on x with, or None (vmap).
+
+    f offers one when it comes from `fl.functional`; x must be a tensor. Shared x is copied K
+    times, so it takes the stacked form only where an adapted layer reads x first (no frozen
+    prefix to compute once: `fl.split` caches such a prefix, and vmap shares it)."""
+    make = getattr(f, "stacked", None)
+    if make is None or not isinstance(x, torch.Tensor):
+        return None
+    g = make()
+    if x_dims is None and not reads_input_first(g, base, x):
+        return None
+    return g
 
 
 def _init(opt: Optimizer | Sequence[Optimizer], stacked: Lora) -> Any:
@@ -328,8 +383,8 @@ def fit_many(f: Apply, base: Base, loras: Sequence[Lora], x: Data | list | Calla
 
     first_x, x_dims, share = arrange(batch(0), "x")
     y_data, y_dims, _ = arrange(y, "y")
-    step = make_step_many(f, opts if opts is not None else opt, loss_fn, extra,
-                          x_dims=x_dims, y_dims=y_dims, world=world)
+    step = make_step_many(f, opts if opts is not None else opt, loss_fn, extra, x_dims=x_dims, y_dims=y_dims,
+                          world=world, stacked=stacked_form(f, base, first_x, x_dims))
     stacked = stack(loras)
     state = _init(opts if opts is not None else opt, stacked)
     alive = torch.ones(k, dtype=torch.bool)

@@ -429,6 +429,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--many", default=None, metavar="K,K,...",
                    help="K adapters at once (fl.fit_many) against K in a row, e.g. 1,2,4,8, on Lite0's head "
                         "(cached features) and all layers: see scripts/bench_scale.py")
+    p.add_argument("--many-vmap", action="store_true",
+                   help="with --many: also time fit_many's vmap path on all layers (rows 'all (vmap)')")
     p.add_argument("--processes", default=None, metavar="N,N,...",
                    help="data-parallel under torchrun with N processes, e.g. 1,2: steps/s, bytes all-reduced")
     p.add_argument("--workloads", default="head,all", help="for --many/--processes: head, all (default both)")

@@ -10,7 +10,8 @@ Workloads (EfficientNet-Lite0, random weights: timing only; `--size`, `--batch`,
 
 --many: every (workload, K, way) runs in a subprocess of its own (peak RSS is its own), rounds
 interleaved; "sequential" is K `fl.fit` runs one after another in one process (the features are
-cached once for all of them), "at once" is one `fl.fit_many` of K adapters. Each run first takes
+cached once for all of them), "at once" is one `fl.fit_many` of K adapters (`--many-vmap`: also
+"vmap", fit_many's vmap path on "all", the one it took before the stacked pass). Each run first takes
 an untimed one-step fit, then times `--steps` steps (per workload: head x25).
 --processes: `torchrun --nproc-per-node N` (threads: the cores shared out, so 1 x 2 threads vs
 2 x 1 thread here) trains one adapter on the same global batch; rank 0 reports steps/s, the bytes
@@ -73,6 +74,9 @@ def many_worker(spec: dict) -> dict:
         for lora in loras:
             fl.fit(f, base, lora, x, y, steps=steps, **common)
     else:
+        if spec["way"] == "vmap":  # f without its stacked form: fit_many's vmap path (all it had before)
+            plain, f = f, (lambda *args, **kw: plain(*args, **kw))
+            f.vmappable = getattr(plain, "vmappable", lambda: plain)
         fl.fit_many(f, base, loras, x, y, steps=1, **common)
         start = time.perf_counter()
         fl.fit_many(f, base, loras, x, y, steps=steps, **common)
@@ -91,7 +95,8 @@ def _run(args: list[str], env: dict, timeout: float) -> dict:
 def run_many(ks: list[int], opts) -> dict:
     specs = [{"workload": w, "k": k, "way": way, "size": opts.size, "batch": opts.batch, "rank": opts.rank,
               "threads": opts.threads, "steps": opts.steps * (HEAD_STEPS_FACTOR if w == "head" else 1)}
-             for w in opts.workloads for k in ks for way in ("sequential", "at once")]
+             for w in opts.workloads for k in ks
+             for way in ("sequential", "at once", *(["vmap"] if opts.many_vmap and w == "all" else []))]
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), OMP_WAIT_POLICY="PASSIVE")
     rounds = []
     for i in range(opts.rounds):
@@ -113,6 +118,15 @@ def run_many(ks: list[int], opts) -> dict:
             if not ok:
                 rows.append({"workload": w, "k": k, "error": (seq + many)[0].get("error", "?")})
                 continue
+            vm = [r.get((w, k, "vmap")) for r in rounds]
+            vm_ok = [(s, v) for s, v in zip(seq, vm) if v is not None and "error" not in s and "error" not in v]
+            if vm_ok:
+                rows.append({"workload": f"{w} (vmap)", "k": k, "steps": opts.steps,
+                             "sequential_s": statistics.median(s["seconds"] for s, _ in vm_ok),
+                             "at_once_s": statistics.median(v["seconds"] for _, v in vm_ok),
+                             "ratio": statistics.median(v["seconds"] / s["seconds"] for s, v in vm_ok),
+                             "sequential_mb": max(s["maxrss_mb"] for s, _ in vm_ok),
+                             "at_once_mb": max(v["maxrss_mb"] for _, v in vm_ok)})
             rows.append({"workload": w, "k": k, "steps": specs[0]["steps"] if w == "head" else opts.steps,
                          "sequential_s": statistics.median(s["seconds"] for s, _ in ok),
                          "at_once_s": statistics.median(m["seconds"] for _, m in ok),

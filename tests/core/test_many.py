@@ -3,7 +3,8 @@
   (a) stack / unstack are exact inverses; different ranks pad with zeros and change nothing;
   (b) fit_many's adapter k equals its solo fl.fit run (same data, optimizer, steps), for shared and
       per-adapter data, one optimizer or K, a keep term, cached features, and mixed ranks;
-  (c) the frozen base never runs as a per-adapter (K-group) convolution;
+  (c) the frozen base never runs as a per-adapter (K-group) convolution: on all K·N examples at once
+      (the stacked pass, funclora.stacked), once where a frozen prefix reads shared data (vmap);
   (d) f(base, stack(loras), x, adapter_index=idx) equals running each example with its own adapter.
 """
 import warnings
@@ -100,15 +101,28 @@ def test_each_adapter_equals_its_solo_fit(shared):
     assert histories[0] != histories[1]  # they did train apart
 
 
-def test_one_optimizer_for_all_and_a_keep_term_with_a_weight_per_adapter():
+def _vmap_only(f):
+    """f without its stacked form: fit_many takes the vmap path."""
+    def g(*args, **kwargs):
+        return f(*args, **kwargs)
+    g.vmappable = f.vmappable
+    return g
+
+
+PATHS = pytest.mark.parametrize("path", ["stacked", "vmap"])
+
+
+@PATHS
+def test_one_optimizer_for_all_and_a_keep_term_with_a_weight_per_adapter(path):
     model = _model()
     cfg = fl.LoraConfig(rank=2, targets=fl.ALL)
     base, f = fl.freeze(model), fl.functional(model, cfg)
+    run = f if path == "stacked" else _vmap_only(f)
     x, y = _data(0)
     keep = keep_term(f, base, _data(5)[0], weight=1.0)
     loras = [fl.init_lora(model, cfg, seed=s) for s in range(2)]
 
-    out, hist = fl.fit_many(f, base, loras, x, y, opt=fl.adam(5e-2), steps=4, extra=keep,
+    out, hist = fl.fit_many(run, base, loras, x, y, opt=fl.adam(5e-2), steps=4, extra=keep,
                             extra_weights=[0.0, 3.0], progress=False, terms=True)
 
     for k, weight in enumerate([0.0, 3.0]):
@@ -120,7 +134,8 @@ def test_one_optimizer_for_all_and_a_keep_term_with_a_weight_per_adapter():
     assert hist[1]["extra"][-1] > 0 == hist[0]["extra"][-1]
 
 
-def test_adapters_of_different_ranks_and_alphas_train_as_they_would_alone():
+@PATHS
+def test_adapters_of_different_ranks_and_alphas_train_as_they_would_alone(path):
     model = _model()
     cfgs = [fl.LoraConfig(rank=1, targets=fl.ALL), fl.LoraConfig(rank=4, targets=fl.ALL),
             fl.LoraConfig(rank=2, alpha=8.0, targets=fl.ALL)]  # scales 1, 1 and 4
@@ -129,7 +144,8 @@ def test_adapters_of_different_ranks_and_alphas_train_as_they_would_alone():
     loras = [fl.init_lora(model, c, seed=s) for s, c in enumerate(cfgs)]
 
     opt = fl.sgd(0.1, momentum=0.9)  # not scale-invariant (as Adam nearly is): a wrong scale shows
-    out, hist = fl.fit_many(fl.functional(model, big), base, loras, x, y, opt=opt, steps=5,
+    f = fl.functional(model, big)
+    out, hist = fl.fit_many(f if path == "stacked" else _vmap_only(f), base, loras, x, y, opt=opt, steps=5,
                             scales=[1.0, 1.0, 4.0], progress=False)
 
     for k, c in enumerate(cfgs):
@@ -194,7 +210,7 @@ def test_wrong_counts_are_named():
 
 
 class _Convolutions(TorchDispatchMode):
-    """Records (weight shape, groups) of every convolution that actually runs (below vmap)."""
+    """Records (weight shape, groups, rows of the input) of every convolution that actually runs (below vmap)."""
 
     def __init__(self):
         super().__init__()
@@ -202,28 +218,89 @@ class _Convolutions(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution.default:
-            self.seen.append((tuple(args[1].shape), args[8]))
+            self.seen.append((tuple(args[1].shape), args[8], args[0].shape[0]))
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared data", "own data"])
-def test_dense_frozen_convolutions_run_once_as_one_batch_never_per_adapter(shared):
+def _conv_model():
     torch.manual_seed(0)
-    model, k = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Flatten(), nn.Linear(32 * 64, 5)).eval(), 3
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Flatten(), nn.Linear(32 * 64, 5)).eval()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared data", "own data"])
+def test_frozen_convolutions_run_once_on_all_examples_never_per_adapter(shared):
+    model, k = _conv_model(), 3
     cfg = fl.LoraConfig(rank=2, targets=fl.ALL)
     assert fl.plan(model, cfg) == {"0": "fused", "2": "fused", "4": "weight", "6": "activation"}
     base, f = fl.freeze(model), fl.functional(model, cfg)
     loras = [fl.init_lora(model, cfg, seed=s) for s in range(k)]
     x, y = _data(0)
+    n = x.shape[0]
     with _Convolutions() as mode:
         fl.fit_many(f, base, loras, x if shared else [x] * k, y, opt=fl.adam(), steps=1, progress=False)
-    dense = {(tuple(model[i].weight.shape), 1) for i in (0, 2)}
-    assert dense <= set(mode.seen)  # each dense frozen conv ran with its own weight...
-    per_adapter = {((k * shape[0], *shape[1:]), k) for shape, _ in dense}
-    assert not per_adapter & set(mode.seen), mode.seen  # ...never as a K-group conv of K merged weights
-    # the depthwise conv takes its merged weights ("weight" in fl.plan): one depthwise conv of K x 32 channels
-    assert ((k * 32, 1, 3, 3), k * 32) in mode.seen
+    seen = set(mode.seen)
+    # the stacked pass (funclora.stacked): each dense frozen conv once, with its own weight, on all K·N rows...
+    assert {((32, 3, 3, 3), 1, k * n), ((32, 32, 3, 3), 1, k * n)} <= seen
+    assert not {s for s in seen if s[1] == k or s[0][0] == k * 32}, mode.seen  # ...never a K-group conv
+    # the depthwise conv ("weight" in fl.plan) runs merged per adapter: K convs of its own shape on N rows
+    assert mode.seen.count(((32, 1, 3, 3), 32, n)) == k
+
+
+def test_with_a_frozen_prefix_and_shared_data_the_prefix_runs_once():
+    model, k = _conv_model(), 3
+    cfg = fl.LoraConfig(rank=2, targets=("2", "4", "6"))  # the first conv is frozen: computed once for all
+    base, f = fl.freeze(model), fl.functional(model, cfg)
+    loras = [fl.init_lora(model, cfg, seed=s) for s in range(k)]
+    x, y = _data(0)
+    with _Convolutions() as mode:
+        fl.fit_many(f, base, loras, x, y, opt=fl.adam(), steps=1, progress=False)
+    rows = {s[2] for s in mode.seen if s[0] == (32, 3, 3, 3)}
+    assert rows == {x.shape[0]}, mode.seen  # once, on the N shared examples (vmap: the prefix is unbatched)
+    assert not {s for s in mode.seen if s[0][0] == k * 32 and s[1] == 1}, mode.seen
+
+
+def _every_kind():
+    """1×1 (plain and self-padding), 3×3 and strided self-padding convolutions on the low-rank path,
+    a depthwise one merged, BatchNorm, a Linear."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), StaticSamePadConv2d(8, 8, 1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        StaticSamePadConv2d(8, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    how = {"0": "fused", "3": "fused", "5": "activation", "7": "weight", "8": "fused", "12": "activation"}
+    return model, how
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared data", "own data"])
+def test_every_kind_of_layer_on_the_stacked_pass_equals_its_solo_fit_at_its_own_rank(shared):
+    model, how = _every_kind()
+    cfgs = [fl.LoraConfig(rank=r, targets=fl.ALL) for r in (2, 1, 3)]
+    top = cfgs[2]
+    base, f = fl.freeze(model), fl.functional(model, top, strategy=how)
+    assert fl.plan(model, top, how) == how
+    loras = [fl.init_lora(model, c, seed=s) for s, c in enumerate(cfgs)]
+    data = [_data(0)] * 3 if shared else [_data(s) for s in range(3)]
+    opts = [fl.adam(3e-2), fl.sgd(0.1, momentum=0.9), fl.adamw(1e-2)]
+    xs = data[0][0] if shared else [x for x, _ in data]
+    ys = data[0][1] if shared else [y for _, y in data]
+    assert fl.many.stacked_form(f, base, data[0][0], None) is not None  # this is the path under test
+
+    out, histories = fl.fit_many(f, base, loras, xs, ys, opt=opts, steps=4, progress=False)
+
+    for k, c in enumerate(cfgs):
+        solo, losses = fl.fit(fl.functional(model, c, strategy=how), base, loras[k], *data[k], opt=opts[k],
+                              steps=4, progress=False)
+        assert out[k]["0"]["A"].shape == loras[k]["0"]["A"].shape
+        torch.testing.assert_close(histories[k], losses, **TOL)
+        _close(out[k], solo, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # and mixed-adapter inference on the trained adapters
+        x, _ = _data(3, n=5)
+        idx = torch.tensor([2, 0, 1, 2, 0])
+        padded = [fl.pad_rank(lora, 3) for lora in out]
+        mixed = f(base, fl.stack(out), x, adapter_index=idx)
+        alone = torch.cat([f(base, padded[i], x[j:j + 1]) for j, i in enumerate(idx.tolist())])
+        torch.testing.assert_close(mixed, alone, **TOL)
 
 
 def test_mixed_adapter_inference_equals_each_example_with_its_own_adapter():
