@@ -165,7 +165,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in results["rows"]:
         top1 = [100 * t for t in r.get("test_top1_per_epoch") or [] if t is not None]
         ax.plot(range(1, len(top1) + 1), top1, marker="o",
@@ -174,7 +174,8 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Fashion-MNIST on EfficientNet-Lite0 (scripts/bench_data.py)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: never over a line
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
