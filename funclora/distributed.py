@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
