@@ -92,6 +92,16 @@ def _run(args: list[str], env: dict, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _side_by_side(workload: str, k: int, steps: int, pairs: list[tuple[dict, dict]]) -> dict:
+    """One table row from (sequential, at once) runs of the same rounds: medians of time and ratio, max RSS."""
+    return {"workload": workload, "k": k, "steps": steps,
+            "sequential_s": statistics.median(s["seconds"] for s, _ in pairs),
+            "at_once_s": statistics.median(m["seconds"] for _, m in pairs),
+            "ratio": statistics.median(m["seconds"] / s["seconds"] for s, m in pairs),
+            "sequential_mb": max(s["maxrss_mb"] for s, _ in pairs),
+            "at_once_mb": max(m["maxrss_mb"] for _, m in pairs)}
+
+
 def run_many(ks: list[int], opts) -> dict:
     specs = [{"workload": w, "k": k, "way": way, "size": opts.size, "batch": opts.batch, "rank": opts.rank,
               "threads": opts.threads, "steps": opts.steps * (HEAD_STEPS_FACTOR if w == "head" else 1)}
@@ -120,19 +130,10 @@ def run_many(ks: list[int], opts) -> dict:
                 continue
             vm = [r.get((w, k, "vmap")) for r in rounds]
             vm_ok = [(s, v) for s, v in zip(seq, vm) if v is not None and "error" not in s and "error" not in v]
+            steps = opts.steps * (HEAD_STEPS_FACTOR if w == "head" else 1)
             if vm_ok:
-                rows.append({"workload": f"{w} (vmap)", "k": k, "steps": opts.steps,
-                             "sequential_s": statistics.median(s["seconds"] for s, _ in vm_ok),
-                             "at_once_s": statistics.median(v["seconds"] for _, v in vm_ok),
-                             "ratio": statistics.median(v["seconds"] / s["seconds"] for s, v in vm_ok),
-                             "sequential_mb": max(s["maxrss_mb"] for s, _ in vm_ok),
-                             "at_once_mb": max(v["maxrss_mb"] for _, v in vm_ok)})
-            rows.append({"workload": w, "k": k, "steps": specs[0]["steps"] if w == "head" else opts.steps,
-                         "sequential_s": statistics.median(s["seconds"] for s, _ in ok),
-                         "at_once_s": statistics.median(m["seconds"] for _, m in ok),
-                         "ratio": statistics.median(m["seconds"] / s["seconds"] for s, m in ok),
-                         "sequential_mb": max(s["maxrss_mb"] for s, _ in ok),
-                         "at_once_mb": max(m["maxrss_mb"] for _, m in ok)})
+                rows.append(_side_by_side(f"{w} (vmap)", k, steps, vm_ok))
+            rows.append(_side_by_side(w, k, steps, ok))
     lines = ["| workload | K | K in a row | K at once | at once / in a row | peak RSS in a row | peak RSS at once |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
